@@ -1,0 +1,233 @@
+"""The asyncio shell over real sockets: many connections, bad peers, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket as s
+from pathlib import Path
+
+import pytest
+from fakemta import POSTFIX_OFFER, message_commands
+
+from milter_agent import protocol as p
+from milter_agent.message import Message
+from milter_agent.pipeline import Decision, PassThrough, Pipeline
+from milter_agent.protocol.framing import FrameBuffer
+from milter_agent.server import MilterServer
+from milter_agent.session import Services
+from milter_agent.socketspec import SocketSpec
+from milter_agent.spool import Spool
+
+
+class Client:
+    """A minimal MTA side over a real socket, using the codec's command encoder."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.frames = FrameBuffer()
+
+    @classmethod
+    async def open(cls, spec: SocketSpec, port: int = 0) -> Client:
+        if spec.kind == "unix":
+            return cls(*await asyncio.open_unix_connection(spec.path))
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def packet(self) -> tuple[bytes, bytes]:
+        while (packet := self.frames.next_packet()) is None:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            if not data:
+                raise ConnectionError("closed by the milter")
+            self.frames.feed(data)
+        return packet
+
+    async def command(self, command: p.Command) -> list[tuple[bytes, bytes]]:
+        """Send; collect replies up to and including a final one (none for no-reply commands)."""
+        self.writer.write(p.encode_command(command))
+        await self.writer.drain()
+        if isinstance(command, p.Macro | p.Abort | p.Quit | p.QuitNoClose):
+            return []
+        replies = []
+        while True:
+            replies.append(await self.packet())
+            if replies[-1][0] in b"caOrtdy":
+                return replies
+
+    async def handshake(self) -> None:
+        await self.command(POSTFIX_OFFER)
+        await self.command(p.Connect("h", "4", 1, "127.0.0.1"))
+
+    async def message(self) -> bytes:
+        last: list[tuple[bytes, bytes]] = []
+        for command in message_commands():
+            last = await self.command(command) or last
+        return last[-1][0]
+
+
+def services(tmp_path: Path, pipeline: Pipeline) -> Services:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    return Services(policy=p.Policy, pipeline=lambda: pipeline, spool=spool)
+
+
+async def started(server: MilterServer) -> int:
+    await server.start()
+    assert server._server is not None
+    return int(server._server.sockets[0].getsockname()[1]) if server.spec.kind != "unix" else 0
+
+
+@pytest.mark.parametrize("kind", ["unix", "inet"])
+def test_many_connections_many_messages(tmp_path: Path, kind: str) -> None:
+    spec = (
+        SocketSpec("unix", path=str(tmp_path / "s"))
+        if kind == "unix"
+        else SocketSpec("inet", "", "127.0.0.1", 0)
+    )
+
+    async def go() -> None:
+        server = MilterServer(spec, services(tmp_path, PassThrough()))
+        port = await started(server)
+
+        async def one_connection() -> list[bytes]:
+            client = await Client.open(spec, port)
+            await client.handshake()
+            verdicts = [await client.message() for _ in range(3)]
+            await client.command(p.Quit())
+            return verdicts
+
+        results = await asyncio.gather(*(one_connection() for _ in range(10)))
+        assert results == [[b"c", b"c", b"c"]] * 10
+        await server.stop()
+        assert server.connections_total == 10
+
+    asyncio.run(go())
+
+
+def test_protocol_error_closes_only_that_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = SocketSpec("unix", path=str(tmp_path / "s"))
+
+    async def go() -> None:
+        server = MilterServer(spec, services(tmp_path, PassThrough()))
+        await started(server)
+        good = await Client.open(spec)
+        await good.handshake()
+        bad = await Client.open(spec)
+        await bad.handshake()
+        bad.writer.write(b"\x00\x00\x00\x02Z!")  # unknown command byte
+        await bad.writer.drain()
+        assert await asyncio.wait_for(bad.reader.read(), 5) == b""
+        assert await good.message() == b"c"
+        await server.stop()
+
+    asyncio.run(go())
+    assert "protocol error: unknown command byte b'Z'" in caplog.text
+
+
+def test_quit_nc_then_new_connect_on_same_socket(tmp_path: Path) -> None:
+    spec = SocketSpec("unix", path=str(tmp_path / "s"))
+
+    async def go() -> None:
+        server = MilterServer(spec, services(tmp_path, PassThrough()))
+        await started(server)
+        client = await Client.open(spec)
+        await client.handshake()
+        assert await client.message() == b"c"
+        await client.command(p.QuitNoClose())
+        assert await client.command(p.Connect("h2", "6", 2, "::1")) == [(b"c", b"")]
+        assert await client.message() == b"c"
+        await server.stop()
+
+    asyncio.run(go())
+
+
+def test_idle_connection_closed_by_io_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    spec = SocketSpec("unix", path=str(tmp_path / "s"))
+
+    async def go() -> None:
+        server = MilterServer(spec, services(tmp_path, PassThrough()), io_timeout=0.2)
+        await started(server)
+        client = await Client.open(spec)
+        assert await asyncio.wait_for(client.reader.read(), 5) == b""
+        await server.stop()
+
+    asyncio.run(go())
+    assert "no data from the MTA" in caplog.text
+
+
+class Gate:
+    """A pipeline that waits until released, to hold a message in flight."""
+
+    wants_content = False
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def run(self, message: Message) -> Decision:
+        self.entered.set()
+        await self.release.wait()
+        return Decision()
+
+
+def test_graceful_stop_lets_in_flight_message_finish(tmp_path: Path) -> None:
+    spec = SocketSpec("unix", path=str(tmp_path / "s"))
+
+    async def go() -> None:
+        gate = Gate()
+        server = MilterServer(spec, services(tmp_path, gate), shutdown_grace=10)
+        await started(server)
+        idle = await Client.open(spec)
+        await idle.handshake()
+        busy = await Client.open(spec)
+        await busy.handshake()
+        verdict = asyncio.ensure_future(busy.message())
+        await asyncio.wait_for(gate.entered.wait(), 5)
+        stopping = asyncio.ensure_future(server.stop())
+        assert await asyncio.wait_for(idle.reader.read(), 5) == b""  # idle closed at once
+        gate.release.set()
+        assert await asyncio.wait_for(verdict, 5) == b"c"
+        await asyncio.wait_for(stopping, 5)
+        assert not Path(spec.path).exists()
+
+    asyncio.run(go())
+
+
+def test_stop_after_grace_tempfails_the_waiting_message(tmp_path: Path) -> None:
+    spec = SocketSpec("unix", path=str(tmp_path / "s"))
+
+    async def go() -> None:
+        gate = Gate()
+        server = MilterServer(spec, services(tmp_path, gate), shutdown_grace=0.2)
+        await started(server)
+        client = await Client.open(spec)
+        await client.handshake()
+        verdict = asyncio.ensure_future(client.message())
+        await asyncio.wait_for(gate.entered.wait(), 5)
+        await asyncio.wait_for(server.stop(), 10)
+        assert await asyncio.wait_for(verdict, 5) == b"t"
+
+    asyncio.run(go())
+
+
+def test_stale_socket_replaced_but_regular_file_kept(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    stale = s.socket(s.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+
+    async def go() -> None:
+        server = MilterServer(SocketSpec("unix", path=str(path)), services(tmp_path, PassThrough()))
+        await started(server)
+        await server.stop()
+        path.write_text("precious")
+        server = MilterServer(SocketSpec("unix", path=str(path)), services(tmp_path, PassThrough()))
+        with pytest.raises(OSError, match="not a socket"):
+            await server.start()
+        assert path.read_text() == "precious"
+
+    asyncio.run(go())
