@@ -1,0 +1,218 @@
+"""Running filter programs: the one place that spawns, times out, kills and reaps processes.
+
+- Programs run from an argv list, never through a shell, in their own process group
+  (``start_new_session``), with a clean environment given by the caller.
+- stdout and stderr are read concurrently and kept up to a bound; the rest is read and dropped,
+  so a program writing 100 MB neither blocks nor grows the daemon.
+- A program that exits while a grandchild still holds its stdout open does not hang us: once
+  the program has exited, its pipes get a short grace and are then closed.
+- Timeout: with ``kill`` the process group gets SIGTERM, then SIGKILL after ``kill_grace``;
+  without it the program is left running (the seed's behaviour) and reaped in the background.
+- The daemon is a child subreaper, so orphaned grandchildren are re-parented to it and
+  :class:`OrphanReaper` reaps them: no zombie is ever left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger("milter_agent.procs")
+
+OUTPUT_LIMIT = 64 * 1024
+_PIPE_GRACE = 0.2
+_PR_SET_CHILD_SUBREAPER = 36
+_background: set[asyncio.Task[None]] = set()
+_children: set[int] = set()
+# While a spawn is under way its pid is not yet known: the orphan reaper must not run then.
+_spawning = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    """How a program ended. ``returncode`` is None when it timed out and was left running."""
+
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+    seconds: float
+    timed_out: bool = False
+    killed: bool = False
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that ended the program, if one did."""
+        if self.returncode is not None and self.returncode < 0:
+            return -self.returncode
+        return None
+
+
+class SpawnError(OSError):
+    """The program could not be started (missing, not executable, bad working directory)."""
+
+
+async def _read_bounded(stream: asyncio.StreamReader | None, kept: bytearray, limit: int) -> None:
+    """Read ``stream`` to its end into ``kept`` (up to ``limit``; the rest is dropped)."""
+    if stream is None:
+        return
+    while chunk := await stream.read(65536):
+        if len(kept) < limit:
+            kept += chunk[: limit - len(kept)]
+
+
+async def run_program(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    stdin_path: str | None = None,
+    timeout: float = 0.0,
+    kill: bool = False,
+    kill_grace: float = 5.0,
+    output_limit: int = OUTPUT_LIMIT,
+) -> ProcessResult:
+    """Run ``argv`` to completion or timeout; see the module docstring for the rules."""
+    global _spawning  # noqa: PLW0603 - one counter for the whole daemon
+    started = time.monotonic()
+    _spawning += 1
+    try:
+        with open(stdin_path or os.devnull, "rb") as stdin:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=stdin,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as exc:
+        raise SpawnError(exc.errno, f"cannot run {argv[0]!r}: {exc.strerror}") from exc
+    finally:
+        _spawning -= 1
+    _children.add(proc.pid)
+    outputs = (bytearray(), bytearray())
+    readers = [
+        asyncio.ensure_future(_read_bounded(proc.stdout, outputs[0], output_limit)),
+        asyncio.ensure_future(_read_bounded(proc.stderr, outputs[1], output_limit)),
+    ]
+    timed_out = killed = False
+    try:
+        async with asyncio.timeout(timeout or None):
+            await proc.wait()
+    except TimeoutError:
+        timed_out = True
+        if kill:
+            killed = True
+            await _terminate(proc, kill_grace)
+        else:
+            _reap_later(proc)
+    await _close_pipes(readers, proc)
+    if proc.returncode is not None:
+        _children.discard(proc.pid)
+    return ProcessResult(
+        proc.returncode if not (timed_out and not kill) else None,
+        bytes(outputs[0]),
+        bytes(outputs[1]),
+        time.monotonic() - started,
+        timed_out,
+        killed,
+    )
+
+
+async def _close_pipes(
+    readers: Sequence[asyncio.Future[None]], proc: asyncio.subprocess.Process
+) -> None:
+    """Let the readers finish; pipes a grandchild keeps open are closed after a short grace."""
+    await asyncio.wait(readers, timeout=_PIPE_GRACE if proc.returncode is not None else 0)
+    for reader in readers:
+        reader.cancel()
+    transport = getattr(proc, "_transport", None)
+    if transport is not None and proc.returncode is not None:
+        transport.close()
+
+
+def _killpg(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM to the process group, SIGKILL after ``grace``; always waits for the exit."""
+    _killpg(proc.pid, signal.SIGTERM)
+    try:
+        async with asyncio.timeout(grace):
+            await proc.wait()
+    except TimeoutError:
+        _killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+    # the group may hold grandchildren that ignored SIGTERM
+    _killpg(proc.pid, signal.SIGKILL)
+
+
+def _reap_later(proc: asyncio.subprocess.Process) -> None:
+    async def wait() -> None:
+        await proc.wait()
+        _children.discard(proc.pid)
+        log.info(
+            "program %d left running after its timeout has now exited (%s)",
+            proc.pid,
+            proc.returncode,
+        )
+
+    task = asyncio.ensure_future(wait())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants our children (Linux), so they can be reaped."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans() -> int:
+    """Reap exited children that are not ours to wait for (orphans re-parented to us)."""
+    reaped = 0
+    while not _spawning:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if info is None or info.si_pid == 0 or info.si_pid in _children:
+            return reaped
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, os.WNOHANG)
+            reaped += 1
+    return reaped
+
+
+class OrphanReaper:
+    """Reaps orphans on SIGCHLD-free polling, once a second: cheap and race-free."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            reap_orphans()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
