@@ -58,13 +58,37 @@ class SpawnError(OSError):
     """The program could not be started (missing, not executable, bad working directory)."""
 
 
-async def _read_bounded(stream: asyncio.StreamReader | None, kept: bytearray, limit: int) -> None:
-    """Read ``stream`` to its end into ``kept`` (up to ``limit``; the rest is dropped)."""
-    if stream is None:
-        return
-    while chunk := await stream.read(65536):
-        if len(kept) < limit:
-            kept += chunk[: limit - len(kept)]
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+async def _drain(fd: int, kept: bytearray, limit: int) -> None:
+    """Read pipe ``fd`` to its end into ``kept`` (up to ``limit``; the rest is dropped), close it.
+
+    We own the pipes rather than asyncio: its ``Process.wait()`` also waits for them to close,
+    which a grandchild holding stdout would delay for as long as it lives.
+    """
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_reader(fd, _wake, ready)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(fd)
+                continue
+            if not chunk:
+                return
+            if len(kept) < limit:
+                kept += chunk[: limit - len(kept)]
+    finally:
+        os.close(fd)
 
 
 async def run_program(
@@ -82,27 +106,33 @@ async def run_program(
     global _spawning  # noqa: PLW0603 - one counter for the whole daemon
     started = time.monotonic()
     _spawning += 1
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         with open(stdin_path or os.devnull, "rb") as stdin:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=stdin,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdout=out_w,
+                stderr=err_w,
                 env=dict(env),
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
             )
     except OSError as exc:
+        os.close(out_r)
+        os.close(err_r)
         raise SpawnError(exc.errno, f"cannot run {argv[0]!r}: {exc.strerror}") from exc
     finally:
         _spawning -= 1
+        os.close(out_w)
+        os.close(err_w)
     _children.add(proc.pid)
     outputs = (bytearray(), bytearray())
     readers = [
-        asyncio.ensure_future(_read_bounded(proc.stdout, outputs[0], output_limit)),
-        asyncio.ensure_future(_read_bounded(proc.stderr, outputs[1], output_limit)),
+        asyncio.ensure_future(_drain(out_r, outputs[0], output_limit)),
+        asyncio.ensure_future(_drain(err_r, outputs[1], output_limit)),
     ]
     timed_out = killed = False
     try:
@@ -135,9 +165,7 @@ async def _close_pipes(
     await asyncio.wait(readers, timeout=_PIPE_GRACE if proc.returncode is not None else 0)
     for reader in readers:
         reader.cancel()
-    transport = getattr(proc, "_transport", None)
-    if transport is not None and proc.returncode is not None:
-        transport.close()
+    await asyncio.gather(*readers, return_exceptions=True)
 
 
 def _killpg(pid: int, sig: signal.Signals) -> None:
