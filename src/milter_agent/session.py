@@ -161,7 +161,8 @@ class Session:
         self._open_spool()
         if self._spool_file is not None:
             self._spool_file.write_header(name, raw)
-        self.message.size += len(name) + len(raw) + 3
+        self.message.size += len(name.encode("utf-8", "surrogateescape"))
+        self.message.size += len(raw.encode("utf-8", "surrogateescape")) + 3
 
     def _write(self, data: bytes) -> None:
         assert self.message is not None

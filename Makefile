@@ -1,0 +1,52 @@
+# milter-agent — the two commands: `make run` and `make test`.
+# Works on a fresh Debian 12 machine as root: creates .venv, installs, and installs the Debian
+# packages the tests need (postfix, miltertest) only when they are missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUNDIR := $(CURDIR)/.run
+PORT   ?= 8890
+
+.PHONY: run test lint format bench soak check-examples clean system-deps
+
+$(PY):
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q python3-venv || (apt-get update -q && apt-get install -y -q python3-venv)); } || \
+		{ echo "make: $(PYTHON) cannot create a venv; install python3-venv" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+## run: start the daemon in the foreground with the example config on 127.0.0.1:$(PORT)
+run: $(STAMP)
+	@mkdir -p $(RUNDIR)
+	$(PY) -m milter_agent -d 1 -u $$(id -un) -c examples/milter-agent.conf \
+		-p inet:$(PORT)@127.0.0.1 -i unix:$(RUNDIR)/cmd --spool-dir $(RUNDIR)/spool
+
+system-deps:
+	@scripts/ensure-postfix.sh
+
+## test: lint, type-check and the whole suite (unit, conformance, real Postfix end-to-end)
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests
+
+bench: $(STAMP) system-deps
+	@echo "make bench: the benchmark (bench/) is not written yet; see docs/performance.md" >&2
+	@exit 1
+
+clean:
+	rm -rf $(VENV) $(RUNDIR) build dist src/*.egg-info

@@ -1,0 +1,291 @@
+"""The configuration as immutable values: global settings, address rules, filters, the whole config.
+
+This is the contract the rest of the daemon codes against. It holds no parsing and no I/O; the
+few methods here are the meaning of the conditions (what "this section applies" means), so
+that every caller agrees on it. Equality is semantic: where a section starts in the file, the
+file's path and times do not take part in ``==``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from milter_agent.conditions import AddressList, CronExpression, SubjectList, any_matches
+from milter_agent.variables import ArgTemplate, expand, macros, required_files
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_CONTROL_SOCKET",
+    "DEFAULT_SOCKET",
+    "DEFAULT_SPOOL_DIR",
+    "DEFAULT_USER",
+    "AddressList",
+    "AddressRule",
+    "ArgTemplate",
+    "Config",
+    "CronExpression",
+    "DefaultAction",
+    "FileStamp",
+    "FilterSpec",
+    "HeaderTemplate",
+    "LogTarget",
+    "Section",
+    "Settings",
+    "SubjectList",
+    "Verdict",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/mail/milter-agent.conf"
+DEFAULT_SPOOL_DIR = "/var/spool/milter-agent"
+DEFAULT_SOCKET = f"unix:{DEFAULT_SPOOL_DIR}/sock"
+DEFAULT_CONTROL_SOCKET = f"unix:{DEFAULT_SPOOL_DIR}/cmd"
+DEFAULT_USER = "_milter-agent"
+
+DefaultAction = Literal["tempfail", "accept", "reject"]
+LogTarget = Literal["syslog", "stderr", "stdout"]
+Verdict = Literal["continue", "reject", "tempfail", "accept", "discard"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every global option, with the seed's defaults (almost everything off)."""
+
+    socket: str = DEFAULT_SOCKET
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    io_timeout: float = 0.0
+    user: str = DEFAULT_USER
+    log_level: int = 0
+    daemon_mode: int = 0
+    error_threshold: int = 0
+    allow_add_recipient: bool = False
+    allow_remove_recipient: bool = False
+    allow_add_header: bool = False
+    allow_change_header: bool = False
+    allow_change_body: bool = False
+    lock_config: bool = False
+    close_fds: bool = False
+    stop_on_error: bool = False
+    watch_config: bool = False
+    allow_kill_program: bool = False
+    allow_kill_module: bool = False
+    regex: bool = False
+    log_tempfile: bool = False
+    last_recipient: bool = False
+    verbose: bool = False
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    socket_mode: int = 0o660
+    default_action: DefaultAction = "tempfail"
+    log_target: LogTarget = "syslog"
+    pid_file: str | None = None
+    kill_grace: float = 5.0
+    progress_interval: float = 5.0
+    notice_cmd: tuple[str, ...] | None = None
+    notice_idle: float = 0.0
+    admin_group: str | None = None
+    metrics: str | None = None
+
+    @property
+    def foreground(self) -> bool:
+        """``-d N`` with N > 0: stay in the foreground (the seed's "debugging terminal")."""
+        return self.daemon_mode > 0
+
+
+@dataclass(frozen=True)
+class HeaderTemplate:
+    """A header to add or change; the value may use variables such as ``%s`` or ``%{queue_id}``."""
+
+    name: str
+    value: ArgTemplate
+
+    def render(self, values: Mapping[str, str | Sequence[str]]) -> str:
+        """The header value for one message; CR and LF from variable values become spaces so a
+        value can never start a header of its own."""
+        text = "".join(expand(self.value, values))
+        return text.replace("\r", " ").replace("\n", " ")
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What identifies the content of the file a config was read from."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class AddressRule:
+    """One ``[Address]`` section: conditions on the envelope and changes to recipients/headers."""
+
+    name: str
+    line: int = field(default=0, compare=False)
+    message_sender: AddressList | None = None
+    message_recipient: AddressList | None = None
+    add_recipient: tuple[str, ...] = ()
+    forward_recipients: tuple[str, ...] = ()
+    add_headers: tuple[HeaderTemplate, ...] = ()
+    change_headers: tuple[HeaderTemplate, ...] = ()
+    remove_headers: tuple[str, ...] = ()
+
+    def matching_recipients(self, recipients: Sequence[str]) -> tuple[str, ...]:
+        """The recipients ``message_recipient`` selects (all of them when it is not set)."""
+        if self.message_recipient is None:
+            return tuple(recipients)
+        return tuple(rcpt for rcpt in recipients if self.message_recipient.matches(rcpt))
+
+    def applies(self, sender: str, recipients: Sequence[str]) -> bool:
+        """Sender matches (if set) AND at least one recipient matches (if set)."""
+        if self.message_sender is not None and not self.message_sender.matches(sender):
+            return False
+        return self.message_recipient is None or bool(self.matching_recipients(recipients))
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One ``[Filter]`` section: an external program or a module, when to run it, what its exit
+    codes mean."""
+
+    name: str
+    argv: tuple[ArgTemplate, ...]
+    line: int = field(default=0, compare=False)
+    module_name: str | None = None
+    module_safe_use: bool = False
+    timeout: float = 60.0
+    reject_exit_codes: frozenset[int] = frozenset()
+    tempfail_exit_codes: frozenset[int] = frozenset()
+    accept_exit_codes: frozenset[int] = frozenset()
+    discard_exit_codes: frozenset[int] = frozenset()
+    reject_message: str | None = None
+    tempfail_message: str | None = None
+    reject_code: str = "550 5.7.1"
+    tempfail_code: str = "451 4.7.1"
+    run_message_sender: AddressList | None = None
+    run_message_recipient: AddressList | None = None
+    skip_recipient: AddressList | None = None
+    skip_message_sender: AddressList | None = None
+    run_message_subject: SubjectList | None = None
+    skip_message_subject: SubjectList | None = None
+    run_time: tuple[CronExpression, ...] = ()
+    skip_time: tuple[CronExpression, ...] = ()
+    single_instance: int = 0
+    error_threshold: int | None = None
+    stdin: Literal["none", "message"] = "none"
+    mode: Literal["enforce", "monitor"] = "enforce"
+    max_message_size: int | None = None
+    error_cooldown: float = 0.0
+
+    @property
+    def is_module(self) -> bool:
+        return self.module_name is not None
+
+    @property
+    def program(self) -> str | None:
+        """The program path for a program filter (always literal text), None for a module."""
+        if self.is_module:
+            return None
+        return "".join(part for part in self.argv[0].parts if isinstance(part, str))
+
+    @property
+    def required_files(self) -> set[str]:
+        """Which of reply_file, body_file, header_file must be created before the run."""
+        return required_files(self.argv)
+
+    def verdict_for(self, exit_code: int) -> Verdict:
+        """What an exit code means; codes in no list (and 0 unless listed) continue the chain."""
+        table: tuple[tuple[Verdict, frozenset[int]], ...] = (
+            ("reject", self.reject_exit_codes),
+            ("tempfail", self.tempfail_exit_codes),
+            ("accept", self.accept_exit_codes),
+            ("discard", self.discard_exit_codes),
+        )
+        return next((verdict for verdict, codes in table if exit_code in codes), "continue")
+
+    def applies_to(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        subject: str,
+        now: datetime,
+        size: int | None = None,
+    ) -> bool:
+        """All conditions ANDed, as the seed says. ``size`` None = unknown (not checked)."""
+        return (
+            self.envelope_allows(sender, recipients)
+            and _holds(self.run_message_subject, subject)
+            and not _holds_some(self.skip_message_subject, subject)
+            and (not self.run_time or any_matches(self.run_time, now))
+            and not any_matches(self.skip_time, now)
+            and (self.max_message_size is None or size is None or size <= self.max_message_size)
+        )
+
+    def envelope_allows(self, sender: str, recipients: Sequence[str]) -> bool:
+        """The sender and recipient conditions.
+
+        ``run_message_recipient`` holds when ANY recipient matches; ``skip_recipient`` skips
+        only when EVERY recipient matches, so adding a skipped recipient to a message can
+        never shield the other recipients from the filter.
+        """
+        if not _holds(self.run_message_sender, sender):
+            return False
+        if _holds_some(self.skip_message_sender, sender):
+            return False
+        run, skip = self.run_message_recipient, self.skip_recipient
+        if run is not None and not run.matches_any(recipients):
+            return False
+        return not (skip is not None and recipients and all(map(skip.matches, recipients)))
+
+
+def _holds(condition: AddressList | SubjectList | None, value: str) -> bool:
+    """A run_ condition: absent, or matching."""
+    return condition is None or condition.matches(value)
+
+
+def _holds_some(condition: AddressList | SubjectList | None, value: str) -> bool:
+    """A skip_ condition: present and matching."""
+    return condition is not None and condition.matches(value)
+
+
+Section = AddressRule | FilterSpec
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration: settings and sections in file order (address rules and filters
+    interleave exactly as written)."""
+
+    settings: Settings = field(default_factory=Settings)
+    sections: tuple[Section, ...] = ()
+    path: str = field(default="", compare=False)
+    stamp: FileStamp | None = field(default=None, compare=False)
+    loaded_at: float = field(default=0.0, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def mtime_ns(self) -> int:
+        return self.stamp.mtime_ns if self.stamp else 0
+
+    @property
+    def filters(self) -> tuple[FilterSpec, ...]:
+        return tuple(s for s in self.sections if isinstance(s, FilterSpec))
+
+    @property
+    def address_rules(self) -> tuple[AddressRule, ...]:
+        return tuple(s for s in self.sections if isinstance(s, AddressRule))
+
+    def section(self, name: str) -> Section | None:
+        return next((s for s in self.sections if s.name == name), None)
+
+    @property
+    def extra_macros(self) -> frozenset[str]:
+        """Every ``%{macro:NAME}`` used anywhere, so the daemon can ask the MTA for it."""
+        templates: list[ArgTemplate] = []
+        for section in self.sections:
+            if isinstance(section, FilterSpec):
+                templates.extend(section.argv)
+            else:
+                templates.extend(h.value for h in section.add_headers + section.change_headers)
+        return macros(templates)

@@ -1,0 +1,262 @@
+"""The running daemon: configuration, pipeline, server, signals and privileges, wired together.
+
+Start-up order: load the configuration (an error is fatal only here, where there is no older one
+to keep), set up logging, detach if ``-d 0``, bind the sockets as root, drop to the user, check
+the installation is still readable, serve. Reloads (``-F`` file watch, SIGUSR1, SIGHUP) build a
+new :class:`~milter_agent.engine.Engine`; a message keeps the engine it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from milter_agent import __version__
+from milter_agent.config.model import Config
+from milter_agent.config.options import CommandLine
+from milter_agent.config.reload import ConfigStore
+from milter_agent.control import stats
+from milter_agent.control.server import ControlServer
+from milter_agent.engine import Engine
+from milter_agent.errors import ConfigError, SpoolError
+from milter_agent.logsetup import setup_logging
+from milter_agent.message import Message
+from milter_agent.pipeline import Decision, Pipeline, Verdict
+from milter_agent.privileges import (
+    check_installation_readable,
+    drop_to,
+    group_id,
+    resolve_user,
+)
+from milter_agent.procs import OrphanReaper, become_subreaper
+from milter_agent.protocol import Policy
+from milter_agent.registry import Registry
+from milter_agent.server import MilterServer
+from milter_agent.session import Services
+from milter_agent.socketspec import parse_socket_spec
+from milter_agent.spool import Spool
+
+log = logging.getLogger("milter_agent.daemon")
+
+#: Settings bound at start-up; a reload that changes them takes effect at the next restart.
+_RESTART_ONLY = ("socket", "control_socket", "user", "spool_dir", "socket_mode", "daemon_mode")
+
+
+class Daemon:
+    def __init__(self, command_line: CommandLine) -> None:
+        self.command_line = command_line
+        self.store = ConfigStore(command_line)
+        self.started = time.time()
+        settings = self.store.current.settings
+        self.spec = parse_socket_spec(settings.socket)
+        self.account = resolve_user(settings.user, command_line.given("user"))
+        self.spool = Spool(Path(settings.spool_dir) / "messages")
+        self.registry = Registry()
+        self.engine = self._build(self.store.current)
+        self.server: MilterServer | None = None
+        self.counters = stats.MessageCounters()
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def _build(self, config: Config) -> Engine:
+        self.registry.configure((f.name, f.single_instance) for f in config.filters)
+        return Engine(config, self.registry, self.spool)
+
+    def reload(self, always: bool) -> None:
+        old = self.store.current
+        changed = self.store.reload() if always else self.store.maybe_reload(time.monotonic())
+        if changed:
+            new = self.store.current
+            for key in _RESTART_ONLY:
+                if getattr(new.settings, key) != getattr(old.settings, key):
+                    log.warning("setting %s changed; it takes effect at the next restart", key)
+            self.engine = self._build(new)
+
+    def pipeline(self) -> Pipeline:
+        """The pipeline for a message starting now (the seed checks the file at each message)."""
+        self.reload(False)
+        return self.engine
+
+    def policy(self) -> Policy:
+        s = self.store.current.settings
+        return Policy.from_permissions(
+            add_recipient=s.allow_add_recipient,
+            remove_recipient=s.allow_remove_recipient,
+            add_header=s.allow_add_header,
+            change_header=s.allow_change_header,
+            change_body=s.allow_change_body,
+            extra_macros=self.store.current.extra_macros,
+        )
+
+    # --- running ------------------------------------------------------------------------------
+
+    def services(self) -> Services:
+        s = self.store.current.settings
+        return Services(
+            policy=self.policy,
+            pipeline=self.pipeline,
+            spool=self.spool,
+            default_action=Verdict(s.default_action),
+            progress_interval=s.progress_interval,
+            log_tempfile=s.log_tempfile,
+            on_message_done=self._message_done,
+        )
+
+    def _message_done(self, message: Message, decision: Decision, seconds: float) -> None:
+        self.counters.count(decision.verdict.value, message.size)
+
+    # --- control socket -----------------------------------------------------------------------
+
+    def control_handlers(self) -> dict[str, stats.Handler]:
+        return {
+            "status": lambda _args: self.status(),
+            "settings": lambda _args: stats.settings(self.store.current),
+            "filters": lambda _args: stats.filters(self.store.current, self.registry),
+            "addresses": lambda _args: stats.addresses(self.store.current, self.registry),
+            "reload": self._control_reload,
+            "enable": lambda args: self._switch(args, on=True),
+            "disable": lambda args: self._switch(args, on=False),
+            "reset-stats": self._reset_stats,
+        }
+
+    def status(self) -> dict[str, object]:
+        error = self.store.last_error
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": stats.uptime(self.started),
+            "config": self.store.path,
+            "config_loaded_at": self.store.current.loaded_at,
+            "config_generation": self.store.generation,
+            "last_reload_error": str(error) if error else None,
+            "last_reload_error_time": self.store.last_error_time,
+            "connections_now": self.server.connections_now if self.server else 0,
+            "connections_total": self.server.connections_total if self.server else 0,
+            "messages": self.counters.messages,
+            "verdicts": dict(self.counters.verdicts),
+            "bytes": self.counters.bytes,
+        }
+
+    def _control_reload(self, _args: list[str]) -> dict[str, object]:
+        self.reload(True)
+        error = self.store.last_error
+        return {"reloaded": error is None, "error": str(error) if error else None}
+
+    def _switch(self, args: list[str], *, on: bool) -> dict[str, object]:
+        if len(args) != 1 or self.store.current.section(args[0]) is None:
+            raise ValueError(f"no filter named {' '.join(args)!r}")
+        state = self.registry.get(args[0])
+        if on:
+            state.enable()
+        else:
+            state.disabled_reason = "switched off via the control socket"
+        log.warning("filter %s switched %s via the control socket", args[0], "on" if on else "off")
+        return {"name": args[0], "disabled": state.disabled}
+
+    def _reset_stats(self, _args: list[str]) -> dict[str, object]:
+        for name, state in list(self.registry.states.items()):
+            fresh = self.registry.states[name] = type(state)(name)
+            fresh.set_limit(state.limit)
+            fresh.disabled_reason = state.disabled_reason
+        self.counters = stats.MessageCounters()
+        return {"reset": True}
+
+    async def serve(self) -> None:
+        settings = self.store.current.settings
+        owner = self.account.owner if self.account else None
+        self.spool.prepare(owner)
+        self.server = MilterServer(
+            self.spec,
+            self.services(),
+            socket_mode=settings.socket_mode,
+            socket_owner=owner,
+            io_timeout=settings.io_timeout,
+        )
+        await self.server.start()
+        control = None
+        if settings.control_socket:
+            control = ControlServer(
+                parse_socket_spec(settings.control_socket).path,
+                self.control_handlers(),
+                admin_gid=group_id(settings.admin_group),
+                owner=owner,
+            )
+            await control.start()
+        if self.account is not None:
+            drop_to(self.account)
+            check_installation_readable(self.account)
+        become_subreaper()
+        reaper = OrphanReaper()
+        reaper.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        for sig in (signal.SIGUSR1, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.reload, True)
+        watcher = asyncio.ensure_future(self._watch()) if settings.watch_config else None
+        log.info("milter-agent %s started (pid %d)", __version__, os.getpid())
+        await stop.wait()
+        log.info("stopping: no new connections")
+        if watcher is not None:
+            watcher.cancel()
+        if control is not None:
+            await control.stop()
+        await self.server.stop()
+        reaper.stop()
+        log.info("stopped")
+
+    async def _watch(self) -> None:
+        """-F: look at the file once a second even when no mail arrives."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.reload(False)
+
+
+def daemonize(pid_file: str | None) -> None:
+    """Detach from the terminal (-d 0): double fork, new session, stdio to /dev/null."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if pid_file:
+        Path(pid_file).write_text(f"{os.getpid()}\n")
+
+
+def run(command_line: CommandLine) -> int:
+    """Start the daemon; returns the exit status."""
+    try:
+        daemon = Daemon(command_line)
+    except ConfigError as exc:
+        print(f"milter-agent: {exc}", file=sys.stderr)
+        return 1
+    settings = daemon.store.current.settings
+    target = settings.log_target
+    if settings.foreground and not command_line.given("log_target"):
+        target = "stderr"
+    setup_logging(target, settings.log_level, settings.verbose)
+    if not settings.foreground:
+        daemonize(settings.pid_file)
+    elif settings.pid_file:
+        Path(settings.pid_file).write_text(f"{os.getpid()}\n")
+    try:
+        asyncio.run(daemon.serve())
+    except (ConfigError, SpoolError, OSError) as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
+    finally:
+        if settings.pid_file:
+            with contextlib.suppress(OSError):
+                os.unlink(settings.pid_file)
+    return 0

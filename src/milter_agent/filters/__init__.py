@@ -1,0 +1,1 @@
+"""The kinds of pipeline sections: address rules and message filters (programs, modules)."""

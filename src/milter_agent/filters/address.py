@@ -1,0 +1,48 @@
+"""``[Address]`` rules: add, forward and remove recipients, add, change and remove headers.
+
+A rule applies when its sender condition matches and at least one current recipient matches
+its recipient condition (conditions ANDed; no condition = every message). Forwarding acts on
+each matching recipient: it is removed and the forward addresses are added. The recipients a
+rule sees are the ones left by the sections before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from milter_agent.config.model import AddressRule
+from milter_agent.work import MessageWork, Refusal
+
+
+def apply_address_rule(
+    rule: AddressRule,
+    work: MessageWork,
+    values: Mapping[str, str | Sequence[str]],
+    refused: Refusal,
+) -> list[str]:
+    """Apply ``rule`` to ``work``; return what it changed, for the log (empty: did not apply)."""
+    sender = work.message.sender_address
+    recipients = work.recipient_addresses
+    if not rule.applies(sender, recipients):
+        return []
+    done: list[str] = []
+    if rule.forward_recipients:
+        for rcpt in rule.matching_recipients(recipients):
+            if work.remove_recipient(rcpt, refused):
+                done.append(f"-{rcpt}")
+        for rcpt in rule.forward_recipients:
+            if work.add_recipient(rcpt, refused):
+                done.append(f"+{rcpt}")
+    for rcpt in rule.add_recipient:
+        if work.add_recipient(rcpt, refused):
+            done.append(f"+{rcpt}")
+    for header in rule.add_headers:
+        if work.add_header(header.name, header.render(values), refused):
+            done.append(f"+h:{header.name}")
+    for header in rule.change_headers:
+        if work.change_header(header.name, header.render(values), refused):
+            done.append(f"~h:{header.name}")
+    for name in rule.remove_headers:
+        if work.remove_header(name, refused):
+            done.append(f"-h:{name}")
+    return done or ["matched"]

@@ -1,0 +1,80 @@
+"""What a message filter hands back, and how its texts become replies and header changes.
+
+Shared by program and module filters: an exit-code-like verdict, an optional text (the SMTP
+reply for reject/tempfail), an optional new body and header lines ``Name: value``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from milter_agent.config.model import FilterSpec, Verdict
+from milter_agent.pipeline import Reply
+from milter_agent.protocol import sanitize_line, valid_header_name
+
+MAX_TEXT = 16 * 1024
+MAX_REPLY_LINES = 32
+MAX_HEADER_VALUE = 8 * 1024
+
+
+@dataclass(slots=True)
+class FilterResult:
+    verdict: Verdict
+    text: tuple[str, ...] = ()
+    new_body: Path | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    note: str = ""
+
+
+def read_text(path: Path | None) -> str:
+    """A filter's output file as text (bounded); empty if absent."""
+    if path is None:
+        return ""
+    with open(path, "rb") as f:
+        return f.read(MAX_TEXT).decode("utf-8", "surrogateescape")
+
+
+def text_lines(text: str) -> tuple[str, ...]:
+    """Reply lines from free text: sanitised, blank lines dropped, at most 32."""
+    lines = (sanitize_line(line) for line in text.splitlines())
+    return tuple(line for line in lines if line)[:MAX_REPLY_LINES]
+
+
+def parse_header_lines(text: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """``Name: value`` lines (continuations start with white space) -> headers, problems."""
+    headers: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if line[0] in " \t" and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value}\r\n\t{line.strip()}")
+            continue
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep or not valid_header_name(name):
+            problems.append(f"line {number}: not a 'Name: value' header line")
+            continue
+        headers.append((name, value.strip()))
+    return [(n, v[:MAX_HEADER_VALUE]) for n, v in headers], problems
+
+
+_CODE = re.compile(r"\s*([45]\d\d)(?:\s+([45]\.\d{1,3}\.\d{1,3}))?\s*$")
+
+
+def make_reply(spec: FilterSpec, verdict: Verdict, text: tuple[str, ...]) -> Reply | None:
+    """The SMTP reply for a reject or tempfail: the filter's text, else the configured one."""
+    if verdict == "reject":
+        code, configured = spec.reject_code, spec.reject_message
+    elif verdict == "tempfail":
+        code, configured = spec.tempfail_code, spec.tempfail_message
+    else:
+        return None
+    lines = text or text_lines(configured or "")
+    match = _CODE.match(code)
+    if match is None:  # validated at load; never trust it blindly
+        return None
+    return Reply(match.group(1), match.group(2), lines)

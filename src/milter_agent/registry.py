@@ -1,0 +1,122 @@
+"""Per-filter state that outlives one message and one configuration: statistics, the error
+count toward the threshold, the switched-off state, and the instance limit.
+
+Keyed by the filter's name, so a filter keeps its counters across reloads while its name stays.
+A reload switches every filter back on (the seed's way to re-enable a failing filter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("milter_agent.registry")
+
+
+@dataclass(slots=True)
+class FilterState:
+    name: str
+    runs: int = 0
+    skipped: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    errors: int = 0
+    timeouts: int = 0
+    kills: int = 0
+    error_count: int = 0  # since last switched on; compared with the threshold
+    disabled_reason: str | None = None
+    running: int = 0
+    waiting: int = 0
+    durations: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    last_run: float | None = None
+    last_error: str | None = None
+    limit: int = 0
+    _slots: asyncio.Semaphore | None = None
+    _refusals: set[str] = field(default_factory=set)
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_reason is not None
+
+    def set_limit(self, limit: int) -> None:
+        if limit != self.limit or (limit and self._slots is None):
+            self.limit = limit
+            self._slots = asyncio.Semaphore(limit) if limit > 0 else None
+
+    @contextlib.asynccontextmanager
+    async def slot(self, timeout: float) -> AsyncIterator[None]:
+        """Hold one of the filter's ``limit`` instances; waits in arrival order, bounded."""
+        slots = self._slots
+        if slots is not None:
+            self.waiting += 1
+            try:
+                async with asyncio.timeout(timeout or None):
+                    await slots.acquire()
+            finally:
+                self.waiting -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            if slots is not None:
+                slots.release()
+
+    def record_run(self, outcome: str, seconds: float) -> None:
+        self.runs += 1
+        self.verdicts[outcome] += 1
+        self.durations.append(seconds)
+        self.last_run = time.time()
+
+    def record_error(self, reason: str, threshold: int) -> bool:
+        """Count an error; True if that switched the filter off (threshold 0 = never)."""
+        self.errors += 1
+        self.error_count += 1
+        self.last_error = reason
+        if threshold and self.error_count >= threshold and not self.disabled:
+            self.disabled_reason = (
+                f"{self.error_count} errors (threshold {threshold}); last: {reason}"
+            )
+            return True
+        return False
+
+    def enable(self) -> None:
+        self.disabled_reason = None
+        self.error_count = 0
+
+    def refused_once(self, what: str) -> bool:
+        """True the first time this kind of refusal is seen for this filter."""
+        if what in self._refusals:
+            return False
+        self._refusals.add(what)
+        return True
+
+
+class Registry:
+    """All filters' states, by name."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, FilterState] = {}
+
+    def get(self, name: str) -> FilterState:
+        state = self.states.get(name)
+        if state is None:
+            state = self.states[name] = FilterState(name)
+        return state
+
+    def configure(self, limits: Iterable[tuple[str, int]]) -> None:
+        """After a (re)load: keep states of names still present, switch everything on."""
+        wanted = dict(limits)
+        for name in list(self.states):
+            if name not in wanted:
+                del self.states[name]
+        for name, limit in wanted.items():
+            state = self.get(name)
+            state.set_limit(limit)
+            if state.disabled:
+                log.info("filter %s switched on again by the reload", name)
+            state.enable()

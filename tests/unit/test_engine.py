@@ -1,0 +1,341 @@
+"""The configured pipeline: address rules, program filters, chain rules, failures, net actions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from milter_agent.config.options import parse_command_line
+from milter_agent.config.parser import parse_config_text
+from milter_agent.engine import Engine
+from milter_agent.filters.results import make_reply, parse_header_lines, text_lines
+from milter_agent.message import Client, Message
+from milter_agent.pipeline import Decision, Verdict
+from milter_agent.registry import Registry
+from milter_agent.spool import Spool
+
+HEADERS = [("From", " <a@example.com>"), ("To", " <b@example.com>"), ("Subject", " Hello there")]
+BODY = b"body line\r\n"
+
+
+def message(tmp_path: Path, recipients: tuple[str, ...] = ("<b@example.com>",)) -> Message:
+    spool_file = tmp_path / "spool" / "m.msg"
+    head = b"".join(f"{n}:{v}\r\n".encode() for n, v in HEADERS)
+    spool_file.write_bytes(head + b"\r\n" + BODY)
+    return Message(
+        Client("client.example", "192.0.2.1", 25, "4", "helo.example"),
+        "<a@example.com>",
+        recipients=list(recipients),
+        headers=list(HEADERS),
+        macros={"i": "QID42", "{auth_authen}": "alice", "j": "mx.example"},
+        spool_path=spool_file,
+        size=len(head) + 2 + len(BODY),
+        body_size=len(BODY),
+    )
+
+
+def engine(tmp_path: Path, text: str, *argv: str) -> Engine:
+    config = parse_config_text(textwrap.dedent(text), "/t.conf", parse_command_line(list(argv)))
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    registry = Registry()
+    registry.configure((f.name, f.single_instance) for f in config.filters)
+    return Engine(config, registry, spool, now=lambda: datetime(2026, 11, 25, 10, 0))
+
+
+def run(
+    tmp_path: Path, text: str, *argv: str, recipients: tuple[str, ...] = ("<b@example.com>",)
+) -> tuple[Engine, Decision]:
+    eng = engine(tmp_path, text, *argv)
+    decision = asyncio.run(eng.run(message(tmp_path, recipients)))
+    return eng, decision
+
+
+def leftovers(tmp_path: Path, keep: Decision) -> list[str]:
+    allowed = {"m.msg"} | ({keep.changes.new_body.name} if keep.changes.new_body else set())
+    return sorted(p.name for p in (tmp_path / "spool").iterdir() if p.name not in allowed)
+
+
+# --- address rules -----------------------------------------------------------------------------
+
+
+def test_forward_removes_matching_and_adds_targets(tmp_path: Path) -> None:
+    _, d = run(
+        tmp_path,
+        """
+        [Address]
+        message_recipient = "^user1@"
+        message_forward_recipient = "user2 user3"
+        message_forward_recipient = "user4@domain4.net"
+        """,
+        "-ARX",
+        recipients=("<user1@x.org>", "<other@x.org>"),
+    )
+    assert d.changes.delete_recipients == ["<user1@x.org>"]
+    assert d.changes.add_recipients == ["<user2>", "<user3>", "<user4@domain4.net>"]
+
+
+def test_later_rule_sees_recipients_changed_by_earlier_rule(tmp_path: Path) -> None:
+    _, d = run(
+        tmp_path,
+        """
+        [Address]
+        message_recipient = "b@example.com"
+        message_forward_recipient = "c@example.com"
+        [Address]
+        message_recipient = "c@example.com"
+        add_recipient = "watcher@example.com"
+        """,
+        "-AR",
+    )
+    assert d.changes.delete_recipients == ["<b@example.com>"]
+    assert d.changes.add_recipients == ["<c@example.com>", "<watcher@example.com>"]
+
+
+def test_add_then_remove_sends_nothing_and_duplicates_are_not_added(tmp_path: Path) -> None:
+    _, d = run(
+        tmp_path,
+        """
+        [Address]
+        add_recipient = "x@example.com B@EXAMPLE.COM"
+        [Address]
+        message_recipient = "x@example.com"
+        message_forward_recipient = "b@example.com"
+        """,
+        "-AR",
+    )
+    assert d.changes.add_recipients == [] and d.changes.delete_recipients == []
+
+
+def test_header_add_change_remove_become_the_right_actions(tmp_path: Path) -> None:
+    _, d = run(
+        tmp_path,
+        """
+        [Address]
+        add_header_name = "X-From"
+        add_header_value = "%s via %{client_addr} (%{queue_id})"
+        change_header_name = "Subject"
+        change_header_value = "[ext] %{subject}"
+        remove_header_name = "To"
+        """,
+        "-HG",
+    )
+    assert d.changes.add_headers == [("X-From", "a@example.com via 192.0.2.1 (QID42)")]
+    assert d.changes.change_headers == [("To", 1, ""), ("Subject", 1, "[ext] Hello there")]
+
+
+def test_refused_changes_are_logged_once_and_not_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    eng = engine(
+        tmp_path,
+        """
+        [Address]
+        task_name = watcher
+        add_recipient = "w@example.com"
+        add_header_name = "X-A"
+        add_header_value = "1"
+        """,
+    )
+    for _ in range(3):
+        d = asyncio.run(eng.run(message(tmp_path)))
+        assert not d.changes
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals == [
+        "watcher: add recipient w@example.com refused: option -A is not given",
+        "watcher: add header X-A refused: option -H is not given",
+    ]
+
+
+# --- program filters --------------------------------------------------------------------------
+
+
+def filter_section(exec_cmd: str, extra: str = "") -> str:
+    return f'[Filter]\ntask_name = f\nexec_cmd = "{exec_cmd}"\n{extra}'
+
+
+def test_exit_codes_map_to_verdicts(tmp_path: Path) -> None:
+    table = 'reject_exit_codes = "1"\ntempfail_exit_codes = "2"\naccept_exit_codes = "3"\ndiscard_exit_codes = "4"\n'
+    for code, verdict in [
+        (0, Verdict.CONTINUE),
+        (1, Verdict.REJECT),
+        (2, Verdict.TEMPFAIL),
+        (3, Verdict.ACCEPT),
+        (4, Verdict.DISCARD),
+        (9, Verdict.CONTINUE),
+    ]:
+        _, d = run(tmp_path, filter_section(f"/bin/sh -c 'exit {code}'", table))
+        assert d.verdict is verdict, code
+
+
+def test_reply_text_from_reply_file_wins_over_stdout_and_config(tmp_path: Path) -> None:
+    extra = 'reject_exit_codes = "1"\nreject_message = "configured"\nreject_code = "554 5.7.0"\n'
+    cmd = "/bin/sh -c 'echo stdout text; printf \\\"line one\\\\nline two\\\\r\\\\n\\\" > $0; exit 1' %r"
+    _, d = run(tmp_path, filter_section(cmd, extra))
+    assert d.reply is not None
+    assert (d.reply.code, d.reply.enhanced, d.reply.lines) == (
+        "554",
+        "5.7.0",
+        ("line one", "line two"),
+    )
+
+
+def test_reply_text_from_stdout_then_configured(tmp_path: Path) -> None:
+    extra = 'reject_exit_codes = "1"\nreject_message = "configured"\n'
+    _, d = run(tmp_path, filter_section("/bin/sh -c 'echo first line; echo second; exit 1'", extra))
+    assert d.reply is not None and d.reply.lines == ("first line",)
+    _, d = run(tmp_path, filter_section("/bin/sh -c 'exit 1'", extra))
+    assert d.reply is not None and d.reply.lines == ("configured",)
+
+
+def test_program_sees_variables_environment_and_cwd(tmp_path: Path) -> None:
+    out = tmp_path / "seen"
+    code = (
+        "import os, sys, json; json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd(), "
+        "'env': {k: v for k, v in os.environ.items() if k != 'PWD'}}, open(sys.argv[1], 'w'))"
+    )
+    (tmp_path / "dump.py").write_text(code)
+    cmd = (
+        f"{sys.executable} {tmp_path}/dump.py {out} %s %{{recipient}} %{{recipients}} %{{client_addr}} "
+        "%{client_name} %{helo} %{queue_id} %{subject} %{auth_authen} %{macro:j} %{macro:nope} 100%%"
+    )
+    run(tmp_path, filter_section(cmd), recipients=("<b@example.com>", "<c@example.com>"))
+    seen = json.loads(out.read_text())
+    assert seen["argv"][1:] == [
+        "a@example.com",
+        "b@example.com",
+        "b@example.com",
+        "c@example.com",
+        "192.0.2.1",
+        "client.example",
+        "helo.example",
+        "QID42",
+        "Hello there",
+        "alice",
+        "mx.example",
+        "",
+        "100%",
+    ]
+    assert seen["cwd"] == str(tmp_path / "spool")
+    env = seen["env"]
+    assert env["MILTER_SENDER"] == "a@example.com"
+    assert env["MILTER_RECIPIENTS"] == "b@example.com\nc@example.com"
+    assert env["MILTER_QUEUE_ID"] == "QID42" and env["MILTER_CLIENT_ADDR"] == "192.0.2.1"
+    assert env["PATH"].startswith("/usr/local/sbin") and "HOME" not in env
+
+
+def test_last_recipient_with_Q(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    run(
+        tmp_path,
+        filter_section(f"/bin/sh -c 'echo $0 > {out}' %{{recipient}}"),
+        "-Q",
+        recipients=("<b@example.com>", "<c@example.com>"),
+    )
+    assert out.read_text().strip() == "c@example.com"
+
+
+def test_filter_error_skips_without_E_and_tempfails_with_E(tmp_path: Path) -> None:
+    section = filter_section("/nonexistent/program %f")
+    _, d = run(tmp_path, section)
+    assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "error:skipped"
+    _, d = run(tmp_path, section, "-E")
+    assert d.verdict is Verdict.TEMPFAIL and d.steps[0].outcome == "error:tempfail"
+
+
+def test_threshold_switches_filter_off_and_reload_switches_it_on(tmp_path: Path) -> None:
+    eng = engine(tmp_path, filter_section("/bin/sh -c 'kill -TERM $$'", "error_threshold = 2\n"))
+    for _ in range(4):
+        asyncio.run(eng.run(message(tmp_path)))
+    state = eng.registry.get("f")
+    assert (state.errors, state.skipped, state.disabled) == (2, 2, True)
+    eng.registry.configure([("f", 0)])
+    assert not state.disabled and state.errors == 2
+
+
+def test_monitor_mode_counts_but_does_not_apply(tmp_path: Path) -> None:
+    eng, d = run(
+        tmp_path, filter_section("/bin/sh -c 'exit 1'", 'reject_exit_codes = "1"\nmode = monitor\n')
+    )
+    assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "monitor:reject"
+    assert eng.registry.get("f").verdicts["reject"] == 1
+
+
+def test_reject_stops_the_chain(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    _, d = run(
+        tmp_path,
+        filter_section("/bin/sh -c 'exit 1'", 'reject_exit_codes = "1"\n')
+        + f'[Filter]\ntask_name = g\nexec_cmd = "/usr/bin/touch {marker}"\n',
+    )
+    assert d.verdict is Verdict.REJECT and not marker.exists()
+
+
+def test_conditions_decide_who_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    cmd = f"/usr/bin/touch {marker}"
+    for extra, runs in [
+        ('run_message_sender = "a@example.com"\n', True),
+        ('run_message_sender = "z@example.com"\n', False),
+        ('skip_message_subject = "Hello there"\n', False),
+        ('run_time = "* 9-11 * * *"\n', True),
+        ('skip_time = "* 10 * * wed"\n', False),
+        ("max_message_size = 10\n", False),
+    ]:
+        marker.unlink(missing_ok=True)
+        run(tmp_path, filter_section(cmd, extra))
+        assert marker.exists() is runs, extra
+
+
+def test_new_body_and_headers_from_files_and_cleanup(tmp_path: Path) -> None:
+    cmd = '/bin/sh -c \'printf \\"new\\\\r\\\\n\\" > $0; printf \\"Subject: changed\\\\nX-New: 1\\\\nbad line\\\\n\\" > $1\' %n %h'
+    _, d = run(tmp_path, filter_section(cmd), "-BHG")
+    assert d.changes.new_body is not None and d.changes.new_body.read_bytes() == b"new\r\n"
+    assert d.changes.change_headers == [("Subject", 1, "changed")]
+    assert d.changes.add_headers == [("X-New", "1")]
+    assert leftovers(tmp_path, d) == []
+
+
+def test_body_refused_without_B_leaves_no_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    _, d = run(tmp_path, filter_section("/bin/sh -c 'echo x > $0' %n"))
+    assert d.changes.new_body is None and leftovers(tmp_path, d) == []
+    assert "replace body refused: option -B is not given" in caplog.text
+
+
+# --- texts --------------------------------------------------------------------------------------
+
+
+def test_text_lines_sanitise_and_bound() -> None:
+    assert text_lines("a\r\n\x00b\x07\n\n" + "c" * 2000) == ("a", "b", "c" * 980)
+    assert len(text_lines("x\n" * 100)) == 32
+
+
+def test_header_lines_with_continuations_and_errors() -> None:
+    headers, problems = parse_header_lines("X-A: 1\n  more\nnot a header\nBad Name: x\nX-B:2\n")
+    assert headers == [("X-A", "1\r\n\tmore"), ("X-B", "2")]
+    assert problems == [
+        "line 3: not a 'Name: value' header line",
+        "line 4: not a 'Name: value' header line",
+    ]
+
+
+def test_make_reply_uses_configured_codes() -> None:
+    config = parse_config_text(
+        '[Filter]\ntask_name = f\nexec_cmd = "/bin/true"\ntempfail_code = "421 4.3.2"\n',
+        "/t",
+        parse_command_line([]),
+    )
+    spec = config.filters[0]
+    reply = make_reply(spec, "tempfail", ())
+    assert reply is not None and (reply.code, reply.enhanced, reply.lines) == ("421", "4.3.2", ())
+    assert make_reply(spec, "continue", ("x",)) is None
