@@ -32,6 +32,7 @@ from milter_agent.privileges import (
     check_installation_readable,
     drop_to,
     group_id,
+    needed_paths,
     resolve_user,
 )
 from milter_agent.procs import OrphanReaper, become_subreaper
@@ -178,19 +179,28 @@ class Daemon:
             socket_owner=owner,
             io_timeout=settings.io_timeout,
         )
-        await self.server.start()
         control = None
-        if settings.control_socket:
-            control = ControlServer(
-                parse_socket_spec(settings.control_socket).path,
-                self.control_handlers(),
-                admin_gid=group_id(settings.admin_group),
-                owner=owner,
-            )
-            await control.start()
-        if self.account is not None:
-            drop_to(self.account)
-            check_installation_readable(self.account)
+        try:
+            await self.server.start()
+            if settings.control_socket:
+                control = ControlServer(
+                    parse_socket_spec(settings.control_socket).path,
+                    self.control_handlers(),
+                    admin_gid=group_id(settings.admin_group),
+                    owner=owner,
+                )
+                await control.start()
+            if self.account is not None:
+                needed = needed_paths()
+                drop_to(self.account)
+                check_installation_readable(self.account, needed)
+            await self._run_until_stopped(settings.watch_config)
+        finally:
+            if control is not None:
+                await control.stop()
+            await self.server.stop()
+
+    async def _run_until_stopped(self, watch: bool) -> None:
         become_subreaper()
         reaper = OrphanReaper()
         reaper.start()
@@ -200,17 +210,13 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         for sig in (signal.SIGUSR1, signal.SIGHUP):
             loop.add_signal_handler(sig, self.reload, True)
-        watcher = asyncio.ensure_future(self._watch()) if settings.watch_config else None
-        log.info("milter-agent %s started (pid %d)", __version__, os.getpid())
+        watcher = asyncio.ensure_future(self._watch()) if watch else None
+        log.info("milter-agent %s started (pid %d, uid %d)", __version__, os.getpid(), os.getuid())
         await stop.wait()
         log.info("stopping: no new connections")
         if watcher is not None:
             watcher.cancel()
-        if control is not None:
-            await control.stop()
-        await self.server.stop()
         reaper.stop()
-        log.info("stopped")
 
     async def _watch(self) -> None:
         """-F: look at the file once a second even when no mail arrives."""
@@ -259,4 +265,5 @@ def run(command_line: CommandLine) -> int:
         if settings.pid_file:
             with contextlib.suppress(OSError):
                 os.unlink(settings.pid_file)
+    log.info("stopped")
     return 0

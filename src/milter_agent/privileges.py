@@ -56,20 +56,17 @@ def drop_to(account: Account) -> None:
         raise ConfigError(f"could not drop privileges to {account.name}")
 
 
-def unreadable_paths() -> list[str]:
-    """Paths the current user needs but cannot read: the interpreter and our installation."""
-    needed = [Path(sys.executable), Path(__file__).parent]
-    needed += [Path(p) for p in sys.path if p and Path(p).is_dir()]
-    problems = []
-    for path in needed:
-        mode = os.X_OK if path.is_file() else os.R_OK | os.X_OK
-        if not os.access(path, mode):
-            problems.append(str(path))
-    return problems
+def needed_paths() -> list[tuple[str, int]]:
+    """What the daemon must still read after the drop, with the access it needs; call it
+    before dropping privileges (afterwards the paths may not even be visible)."""
+    needed = [(sys.executable, os.X_OK), (str(Path(__file__).parent), os.R_OK | os.X_OK)]
+    needed += [(p, os.R_OK | os.X_OK) for p in sys.path if p and os.path.isdir(p)]
+    return needed
 
 
-def check_installation_readable(account: Account) -> None:
-    problems = unreadable_paths()
+def check_installation_readable(account: Account, needed: list[tuple[str, int]]) -> None:
+    """Fail clearly if the dropped-to user cannot read what ``needed_paths()`` listed."""
+    problems = [path for path, mode in needed if not os.access(path, mode)]
     if problems:
         raise ConfigError(
             f"user {account.name} cannot read {', '.join(problems)}: install milter-agent "
