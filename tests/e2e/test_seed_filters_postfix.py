@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from support.daemon import MilterAgentDaemon
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink

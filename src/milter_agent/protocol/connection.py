@@ -5,7 +5,9 @@ with :meth:`next_event` and turns each response into bytes with :meth:`send`.
 
 Rules (enforced here so no caller can break them):
 1. OPTNEG comes first and is answered with :class:`OptNegReply`; the reply fixes the actions and
-   protocol bits for the rest of the connection (QUIT_NC keeps them).
+   protocol bits for the rest of the connection (QUIT_NC keeps them). The reply may not ask for
+   a newer version or for actions or protocol bits the MTA did not offer (Postfix drops such a
+   filter), and carries macro lists only with version 6 and SETSYMLIST.
 2. Phases: NEGOTIATE -> READY (expect CONNECT) -> SESSION (after CONNECT) -> MESSAGE (after MAIL).
    RCPT, DATA, HEADER, EOH, BODY and end-of-message need an open message. MAIL and HELO may come
    again at any time after CONNECT (HELO again after STARTTLS; MAIL after a rejected message).
@@ -15,6 +17,8 @@ Rules (enforced here so no caller can break them):
    must be answered before the next such command arrives; ABORT/QUIT/QUIT_NC cancel the wait.
 4. Modification actions and PROGRESS only while end-of-message awaits its reply, and only the
    actions negotiated; SKIP only as a reply to BODY when negotiated; DISCARD not at CONNECT/HELO.
+   The pieces of a new body (REPLBODY) go out one after another: Postfix ends the replacement at
+   the first other packet (PROGRESS included) and treats a later REPLBODY as a filter error.
 5. After a ProtocolError the connection is poisoned: every later call raises it again.
 """
 
@@ -27,7 +31,13 @@ from typing import Final
 from milter_agent.errors import MilterAgentError, ProtocolError
 from milter_agent.protocol import commands as cmd
 from milter_agent.protocol import responses as rsp
-from milter_agent.protocol.constants import MAX_RECEIVE_PACKET, Action, ProtocolFlag
+from milter_agent.protocol.constants import (
+    MAX_RECEIVE_PACKET,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Action,
+    ProtocolFlag,
+)
 from milter_agent.protocol.framing import FrameBuffer
 
 
@@ -109,11 +119,16 @@ class MilterConnection:
         self.phase = Phase.NEGOTIATE
         self.negotiated: rsp.OptNegReply | None = None
         self.pending: type | None = None
+        self._offer: cmd.OptNeg | None = None
+        #: REPLBODY progress in the current end-of-message: 0 none yet, 1 sending, 2 finished.
+        self._body_state = 0
 
     # --- receiving --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes read from the MTA; ``b""`` means the MTA closed its side."""
+        if self._error is not None:
+            raise self._error
         if data:
             self._frames.feed(data)
         else:
@@ -151,6 +166,10 @@ class MilterConnection:
                 self.pending = None
         if kind is cmd.Abort and self.phase is Phase.MESSAGE:
             after = Phase.SESSION
+        if isinstance(command, cmd.OptNeg):
+            self._offer = command
+        elif kind is cmd.EndOfMessage:
+            self._body_state = 0
         if after is not None:
             self.phase = after
         if kind is cmd.OptNeg or (kind in NEEDS_REPLY and not self._flags & NEEDS_REPLY[kind]):
@@ -177,19 +196,24 @@ class MilterConnection:
 
     def send(self, response: rsp.Response) -> bytes:
         """Check that ``response`` is allowed now and encode it."""
+        if self._error is not None:
+            raise self._error
         pending = self.pending
         if isinstance(response, rsp.OptNegReply):
             self._expect(pending is cmd.OptNeg, response)
+            self._check_negotiation(response)
             self.negotiated = response
             self.phase = Phase.READY
             self.pending = None
         elif isinstance(response, rsp.Progress):
             self._expect(pending is cmd.EndOfMessage, response)
+            self._track_body(response)
         elif type(response) in rsp.REQUIRED_ACTION:
             self._expect(pending is cmd.EndOfMessage, response)
             needed = rsp.REQUIRED_ACTION[type(response)]
             if not self.actions & needed:
                 raise LocalProtocolError(f"{type(response).__name__}: {needed!r} not negotiated")
+            self._track_body(response)
             response = self._with_leading_space(response)
         elif isinstance(response, rsp.Skip):
             self._expect(pending is cmd.Body and bool(self._flags & ProtocolFlag.SKIP), response)
@@ -211,6 +235,35 @@ class MilterConnection:
             raise LocalProtocolError(
                 f"{type(response).__name__} not allowed while awaiting {waiting}"
             )
+
+    def _check_negotiation(self, reply: rsp.OptNegReply) -> None:
+        offer = self._offer
+        if offer is None:  # cannot happen: OptNeg is pending
+            raise LocalProtocolError("OptNegReply without an offer")
+        newest = min(PROTOCOL_VERSION, offer.version)
+        problem = ""
+        if not MIN_PROTOCOL_VERSION <= reply.version <= newest:
+            problem = f"version {reply.version}, the MTA offered {offer.version}"
+        elif int(reply.actions) & ~int(offer.actions):
+            problem = f"actions {int(reply.actions):#x} not within {int(offer.actions):#x}"
+        elif int(reply.protocol) & ~int(offer.protocol):
+            problem = f"protocol bits {int(reply.protocol):#x} not within {int(offer.protocol):#x}"
+        elif reply.macros and (
+            reply.version < PROTOCOL_VERSION or not reply.actions & Action.SETSYMLIST
+        ):
+            problem = "macro lists need version 6 and SETSYMLIST"
+        if problem:
+            raise LocalProtocolError(f"OptNegReply asks for more than offered: {problem}")
+
+    def _track_body(self, response: rsp.Response) -> None:
+        if isinstance(response, rsp.ReplaceBody):
+            if self._body_state == 2:
+                raise LocalProtocolError(
+                    "ReplaceBody after another action: send the new body's pieces in one run"
+                )
+            self._body_state = 1
+        elif self._body_state == 1:
+            self._body_state = 2
 
     def _with_leading_space(self, response: rsp.Response) -> rsp.Response:
         if not isinstance(response, _HEADER_ACTIONS) or not self.header_leading_space:

@@ -1,9 +1,13 @@
 """Filter -> MTA responses and modification actions, and their encoding.
 
 Reply texts are made safe here, once, for every caller: CR, LF and NUL are removed, lines are
-bounded (libmilter: at most 32 lines of 980 characters), ``%`` is doubled (libmilter and Postfix
-treat it as a format character) and codes are checked the way Postfix's
-``milter8_valid_smtp_reply`` does, so the MTA never sees a malformed reply.
+bounded (libmilter: at most 32 lines of 980 bytes; we count the whole line as sent, code and
+``%%`` included), ``%`` is doubled (libmilter and Postfix treat it as a format character) and
+codes are checked the way Postfix's milter8.c does (first digit 4 or 5, and a digit right after
+the code must repeat that class digit), so the MTA never sees a malformed reply.
+
+Folded header values are sent with bare LF line breaks: libmilter's contract is that the
+"linefeed must not be preceded by a carriage return; the MTA adds this automatically".
 """
 
 from __future__ import annotations
@@ -73,17 +77,43 @@ class ReplyCode:
             raise ValueError(f"enhanced code {self.enhanced!r} does not suit {self.code}")
 
     def text(self) -> str:
-        """The reply as one string, lines joined by CRLF, ready for the MTA."""
-        lines = [sanitize_line(line) for line in self.lines][:MAX_REPLY_LINES]
-        lines = [line for line in lines if line] or [_DEFAULT_TEXT[self.code[0]]]
+        """The reply as one string, lines joined by CRLF, ready for the MTA.
+
+        Every line is at most :data:`MAX_REPLY_LINE` bytes as sent. Without an enhanced code, a
+        line whose text starts with a digit other than the class digit gets ``X.0.0``: Postfix
+        calls ``550 4 apples`` a malformed reply and disables the filter.
+        """
+        lines = [line for line in map(sanitize_line, self.lines) if line][:MAX_REPLY_LINES]
+        lines = lines or [_DEFAULT_TEXT[self.code[0]]]
+        enhanced = self.enhanced
+        if enhanced is None and any(ln[0] in _DIGITS and ln[0] != self.code[0] for ln in lines):
+            enhanced = f"{self.code[0]}.0.0"
         out = []
         for i, line in enumerate(lines):
             sep = " " if i == len(lines) - 1 else "-"
-            out.append(f"{self.code}{sep}" + " ".join(p for p in (self.enhanced, line) if p))
-        return "\r\n".join(out).replace("%", "%%")
+            prefix = f"{self.code}{sep}" + (f"{enhanced} " if enhanced else "")
+            out.append(prefix + _escape_percent(line, MAX_REPLY_LINE - len(prefix)))
+        return "\r\n".join(out)
 
 
 _DEFAULT_TEXT = {"4": "Try again later", "5": "Message rejected"}
+_DIGITS = "0123456789"
+
+
+def _escape_percent(text: str, limit: int) -> str:
+    """``text`` with ``%`` doubled, cut to at most ``limit`` bytes without splitting a ``%%``."""
+    escaped = text.replace("%", "%%")
+    if len(encode_text(escaped)) <= limit:
+        return escaped
+    out: list[str] = []
+    size = 0
+    for ch in text:
+        piece = "%%" if ch == "%" else ch
+        size += len(encode_text(piece))
+        if size > limit:
+            break
+        out.append(piece)
+    return "".join(out)
 
 
 def sanitize_line(text: str) -> str:
@@ -244,10 +274,11 @@ def _name(name: str) -> str:
 
 
 def _header_value(value: str) -> str:
-    """A header value we send: CR/LF only as folding (CRLF + whitespace), no NUL."""
+    """A header value we send: line breaks only as folding (LF + whitespace, the MTA adds the
+    CR), no empty continuation lines (they would end the header block), no NUL."""
     lines = re.split(r"\r\n|\r|\n", value.replace("\0", ""))
     folded = [lines[0]] + [ln if ln[:1] in (" ", "\t") else " " + ln for ln in lines[1:] if ln]
-    return "\r\n".join(folded)
+    return "\n".join(folded)
 
 
 def encode_response(response: Response) -> bytes:
