@@ -21,7 +21,7 @@ from milter_agent import __version__
 from milter_agent.config.model import Config
 from milter_agent.config.options import CommandLine
 from milter_agent.config.reload import ConfigStore
-from milter_agent.control import stats
+from milter_agent.control import notices, stats
 from milter_agent.control.server import ControlServer
 from milter_agent.engine import Engine
 from milter_agent.errors import ConfigError, SpoolError
@@ -211,11 +211,18 @@ class Daemon:
         for sig in (signal.SIGUSR1, signal.SIGHUP):
             loop.add_signal_handler(sig, self.reload, True)
         watcher = asyncio.ensure_future(self._watch()) if watch else None
+        noticer = asyncio.ensure_future(
+            notices.watch(
+                notices.NoticeWatcher(self.store, lambda: self.registry, self.started),
+                lambda: self.store.current.settings.notice_cmd,
+            )
+        )
         log.info("milter-agent %s started (pid %d, uid %d)", __version__, os.getpid(), os.getuid())
         await stop.wait()
         log.info("stopping: no new connections")
         if watcher is not None:
             watcher.cancel()
+        noticer.cancel()
         reaper.stop()
 
     async def _watch(self) -> None:
