@@ -111,4 +111,4 @@ class ControlServer:
         try:
             return {"ok": True, "data": handler(args)}
         except (KeyError, ValueError) as exc:
-            return {"ok": False, "error": str(exc).strip("'\"")}
+            return {"ok": False, "error": str(exc.args[0]) if exc.args else type(exc).__name__}
