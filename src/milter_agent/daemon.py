@@ -22,6 +22,7 @@ from milter_agent.config.model import Config
 from milter_agent.config.options import CommandLine
 from milter_agent.config.reload import ConfigStore
 from milter_agent.control import notices, stats
+from milter_agent.control.metrics import Snapshot, serve_metrics
 from milter_agent.control.server import ControlServer
 from milter_agent.engine import Engine
 from milter_agent.errors import ConfigError, SpoolError
@@ -144,6 +145,23 @@ class Daemon:
             "bytes": self.counters.bytes,
         }
 
+    def snapshot(self) -> Snapshot:
+        """For a metrics scrape (runs in the metrics thread; reads only)."""
+        config, server, states = self.store.current, self.server, self.registry.states
+        return Snapshot(
+            messages=dict(self.counters.verdicts),
+            message_bytes=self.counters.bytes,
+            connections_now=server.connections_now if server else 0,
+            connections_total=server.connections_total if server else 0,
+            config_generation=self.store.generation,
+            last_reload_ok=self.store.last_error is None,
+            uptime=time.time() - self.started,
+            filters=[(f.name, st) for f in config.filters if (st := states.get(f.name))],
+            address_rules=[
+                (r.name, st) for r in config.address_rules if (st := states.get(r.name))
+            ],
+        )
+
     def _control_reload(self, _args: list[str]) -> dict[str, object]:
         self.reload(True)
         error = self.store.last_error
@@ -190,6 +208,9 @@ class Daemon:
                     owner=owner,
                 )
                 await control.start()
+            if settings.metrics:
+                serve_metrics(settings.metrics, self.snapshot)
+                log.info("metrics on http://%s/metrics", settings.metrics)
             if self.account is not None:
                 needed = needed_paths()
                 drop_to(self.account)

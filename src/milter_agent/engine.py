@@ -150,7 +150,7 @@ class Engine:
         log.warning("filter %s failed: %s", spec.name, reason)
         if state.record_error(reason, threshold):
             log.warning("filter %s switched off: %s", spec.name, state.disabled_reason)
-        state.durations.append(seconds)
+        state.observe(seconds)
         if self.settings.stop_on_error:
             decision.steps.append(StepResult(spec.name, "error:tempfail", seconds))
             return Verdict.TEMPFAIL, None

@@ -8,6 +8,7 @@ A reload switches every filter back on (the seed's way to re-enable a failing fi
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -16,6 +17,22 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("milter_agent.registry")
+
+
+#: Upper bounds (seconds) of the duration histogram buckets; the last one is +Inf.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Cumulative-ready counts of durations, for metrics (cheap: one bisect per run)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
 
 
 @dataclass(slots=True)
@@ -32,6 +49,7 @@ class FilterState:
     running: int = 0
     waiting: int = 0
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    histogram: Histogram = field(default_factory=Histogram)
     last_run: float | None = None
     last_error: str | None = None
     limit: int = 0
@@ -69,8 +87,12 @@ class FilterState:
     def record_run(self, outcome: str, seconds: float) -> None:
         self.runs += 1
         self.verdicts[outcome] += 1
-        self.durations.append(seconds)
+        self.observe(seconds)
         self.last_run = time.time()
+
+    def observe(self, seconds: float) -> None:
+        self.durations.append(seconds)
+        self.histogram.observe(seconds)
 
     def record_error(self, reason: str, threshold: int) -> bool:
         """Count an error; True if that switched the filter off (threshold 0 = never)."""

@@ -176,7 +176,15 @@ _SETTING_ROWS = (
         "send a notice when a filter has not run for this many seconds (0 = off)",
     ),
     SettingKey("admin_group", v.parse_account, _text, "group allowed to use the control socket"),
-    SettingKey("metrics", v.parse_host_port, _text, "serve metrics on host:port (unset = off)"),
+    SettingKey(
+        "metrics",
+        v.parse_host_port,
+        _text,
+        "serve Prometheus metrics on host:port, e.g. 127.0.0.1:9464 (unset = off)",
+        None,
+        "--metrics",
+        "HOST:PORT",
+    ),
 )
 
 SETTINGS: Mapping[str, SettingKey] = {row.name: row for row in _SETTING_ROWS}

@@ -1,0 +1,131 @@
+"""Prometheus metrics, read from the daemon's state when scraped (nothing on the message path).
+
+Served by prometheus-client's own HTTP server on the address of ``--metrics`` (e.g.
+``127.0.0.1:9464``), in a thread. Names follow Prometheus conventions: ``milter_agent_`` prefix,
+``_total`` counters, seconds for durations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate
+
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from milter_agent.errors import ConfigError
+from milter_agent.registry import DURATION_BUCKETS, FilterState
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What a scrape reads; built by the daemon."""
+
+    messages: dict[str, int]
+    message_bytes: int
+    connections_now: int
+    connections_total: int
+    config_generation: int
+    last_reload_ok: bool
+    uptime: float
+    filters: list[tuple[str, FilterState]] = field(default_factory=list)
+    address_rules: list[tuple[str, FilterState]] = field(default_factory=list)
+
+
+class DaemonCollector:
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot()
+        messages = CounterMetricFamily(
+            "milter_agent_messages", "Messages decided, by verdict", labels=["verdict"]
+        )
+        for verdict, count in sorted(s.messages.items()):
+            messages.add_metric([verdict], count)
+        yield messages
+        yield CounterMetricFamily(
+            "milter_agent_message_bytes", "Bytes of messages seen", value=s.message_bytes
+        )
+        yield GaugeMetricFamily(
+            "milter_agent_connections", "MTA connections open now", value=s.connections_now
+        )
+        yield CounterMetricFamily(
+            "milter_agent_connections", "MTA connections accepted", value=s.connections_total
+        )
+        yield GaugeMetricFamily(
+            "milter_agent_config_generation", "Configurations loaded", value=s.config_generation
+        )
+        yield GaugeMetricFamily(
+            "milter_agent_config_last_reload_success",
+            "1 if the last configuration load succeeded",
+            value=int(s.last_reload_ok),
+        )
+        yield GaugeMetricFamily(
+            "milter_agent_uptime_seconds", "Seconds since start", value=s.uptime
+        )
+        yield from _filter_metrics(s.filters)
+        matches = CounterMetricFamily(
+            "milter_agent_address_rule_matches",
+            "Messages an address rule applied to",
+            labels=["rule"],
+        )
+        for name, state in s.address_rules:
+            matches.add_metric([name], state.runs)
+        yield matches
+
+
+def _filter_metrics(filters: Iterable[tuple[str, FilterState]]) -> Iterator[Metric]:
+    prefix, labels = "milter_agent_filter_", ["filter"]
+    runs = CounterMetricFamily(
+        f"{prefix}runs", "Filter runs, by verdict", labels=[*labels, "verdict"]
+    )
+    counters = {
+        attr: CounterMetricFamily(f"{prefix}{attr}", doc, labels=labels)
+        for attr, doc in (
+            ("errors", "Filter errors"),
+            ("timeouts", "Filter timeouts"),
+            ("kills", "Filter programs killed on timeout"),
+            ("skipped", "Messages the filter did not run for"),
+        )
+    }
+    gauges = {
+        attr: GaugeMetricFamily(f"{prefix}{attr}", doc, labels=labels)
+        for attr, doc in (
+            ("disabled", "1 if switched off"),
+            ("running", "Instances running now"),
+            ("waiting", "Messages waiting for an instance"),
+        )
+    }
+    durations = HistogramMetricFamily(f"{prefix}duration_seconds", "Filter run time", labels=labels)
+    bounds = [str(b) for b in DURATION_BUCKETS] + ["+Inf"]
+    for name, state in filters:
+        for verdict, count in sorted(state.verdicts.items()):
+            runs.add_metric([name, verdict], count)
+        for attr, counter in counters.items():
+            counter.add_metric([name], getattr(state, attr))
+        for attr, gauge in gauges.items():
+            gauge.add_metric([name], int(getattr(state, attr)))
+        cumulative = list(zip(bounds, accumulate(state.histogram.counts), strict=True))
+        durations.add_metric([name], cumulative, state.histogram.total)
+    yield runs
+    yield from counters.values()
+    yield from gauges.values()
+    yield durations
+
+
+def serve_metrics(address: str, snapshot: Callable[[], Snapshot]) -> None:
+    """Start the metrics listener on ``host:port`` (a thread of prometheus-client's)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"metrics: expected host:port, not {address!r}")
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(DaemonCollector(snapshot))
+    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
