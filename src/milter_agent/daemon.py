@@ -143,6 +143,7 @@ class Daemon:
             "messages": self.counters.messages,
             "verdicts": dict(self.counters.verdicts),
             "bytes": self.counters.bytes,
+            **self.spool.usage(),
         }
 
     def snapshot(self) -> Snapshot:

@@ -81,6 +81,7 @@ class Engine:
         if done:
             state = self.registry.get(rule.name)
             state.record_run("matched", 0.0)
+            state.changes += sum(1 for change in done if change != "matched")
             decision.steps.append(StepResult(rule.name, ",".join(done)))
 
     async def _filter(

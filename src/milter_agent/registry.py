@@ -40,6 +40,7 @@ class FilterState:
     name: str
     runs: int = 0
     skipped: int = 0
+    changes: int = 0  # address rules: recipient and header changes made
     verdicts: Counter[str] = field(default_factory=Counter)
     errors: int = 0
     timeouts: int = 0

@@ -38,6 +38,16 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot prepare spool directory {self.directory}: {exc}") from exc
 
+    def usage(self) -> dict[str, int]:
+        """Files and bytes in the spool now (messages in flight and filter output)."""
+        files = size = 0
+        with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    size += entry.stat(follow_symlinks=False).st_size
+                    files += 1
+        return {"spool_files": files, "spool_bytes": size}
+
     def new_path(self, suffix: str) -> Path:
         return self.directory / f"{secrets.token_hex(8)}.{suffix}"
 

@@ -67,7 +67,7 @@ def leftovers(tmp_path: Path, keep: Decision) -> list[str]:
 
 
 def test_forward_removes_matching_and_adds_targets(tmp_path: Path) -> None:
-    _, d = run(
+    eng, d = run(
         tmp_path,
         """
         [Address]
@@ -80,6 +80,8 @@ def test_forward_removes_matching_and_adds_targets(tmp_path: Path) -> None:
     )
     assert d.changes.delete_recipients == ["<user1@x.org>"]
     assert d.changes.add_recipients == ["<user2>", "<user3>", "<user4@domain4.net>"]
+    state = eng.registry.get("address-1")
+    assert (state.runs, state.changes) == (1, 4)
 
 
 def test_later_rule_sees_recipients_changed_by_earlier_rule(tmp_path: Path) -> None:

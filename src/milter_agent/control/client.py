@@ -91,7 +91,7 @@ FILTER_COLUMNS = (
     "name", "kind", "mode", "disabled", "runs", "skipped", "verdicts", "errors", "timeouts",
     "kills", "running", "waiting", "mean_ms", "p95_ms", "max_ms",
 )  # fmt: skip
-ADDRESS_COLUMNS = ("name", "message_sender", "message_recipient", "matches")
+ADDRESS_COLUMNS = ("name", "message_sender", "message_recipient", "matches", "changes")
 
 
 def render(command: str, data: Any) -> str:

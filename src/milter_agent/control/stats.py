@@ -85,6 +85,7 @@ def address_data(rule: AddressRule, state: FilterState) -> dict[str, Any]:
         "change_headers": [h.name for h in rule.change_headers],
         "remove_headers": list(rule.remove_headers),
         "matches": state.runs,
+        "changes": state.changes,
     }
 
 
