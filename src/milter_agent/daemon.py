@@ -175,7 +175,7 @@ class Daemon:
         if on:
             state.enable()
         else:
-            state.disabled_reason = "switched off via the control socket"
+            state.disable("switched off via the control socket")
         log.warning("filter %s switched %s via the control socket", args[0], "on" if on else "off")
         return {"name": args[0], "disabled": state.disabled}
 
@@ -183,7 +183,8 @@ class Daemon:
         for name, state in list(self.registry.states.items()):
             fresh = self.registry.states[name] = type(state)(name)
             fresh.set_limit(state.limit)
-            fresh.disabled_reason = state.disabled_reason
+            fresh.disabled_reason, fresh.disabled_at = state.disabled_reason, state.disabled_at
+            fresh.by_threshold = state.by_threshold
         self.counters = stats.MessageCounters()
         return {"reset": True}
 

@@ -88,13 +88,23 @@ class Engine:
         self, spec: FilterSpec, work: MessageWork, decision: Decision
     ) -> tuple[Verdict, Reply | None]:
         state = self.registry.get(spec.name)
-        if state.disabled:
+        if state.disabled and not self._cooled_down(spec, state):
             state.skipped += 1
+            decision.steps.append(StepResult(spec.name, "skipped:disabled"))
             return Verdict.CONTINUE, None
         started = time.monotonic()
         try:
-            if not self._applies(spec, work):
+            reason = self._skip_reason(spec, work)
+            if reason is not None:
                 state.skipped += 1
+                decision.steps.append(StepResult(spec.name, f"skipped:{reason}"))
+                if reason == "max_message_size":
+                    log.info(
+                        "%s: filter %s skipped: %d bytes is over max_message_size",
+                        work.message.queue_id or "NOQUEUE",
+                        spec.name,
+                        work.message.size,
+                    )
                 return Verdict.CONTINUE, None
             result = await self._execute(spec, work, state)
         except FilterError as exc:
@@ -108,7 +118,7 @@ class Engine:
             if result.new_body is not None:
                 result.new_body.unlink(missing_ok=True)
             return Verdict.CONTINUE, None
-        decision.steps.append(StepResult(spec.name, result.verdict, seconds))
+        decision.steps.append(StepResult(spec.name, result.verdict, seconds, result.note))
         verdict = Verdict(result.verdict)
         if verdict in (Verdict.CONTINUE, Verdict.ACCEPT):
             self._apply(spec, result, work)
@@ -116,9 +126,20 @@ class Engine:
             result.new_body.unlink(missing_ok=True)
         return verdict, make_reply(spec, result.verdict, result.text)
 
-    def _applies(self, spec: FilterSpec, work: MessageWork) -> bool:
+    def _cooled_down(self, spec: FilterSpec, state: FilterState) -> bool:
+        """error_cooldown: a filter switched off by its threshold comes back after a while."""
+        if not spec.error_cooldown or state.disabled_at is None or not state.by_threshold:
+            return False
+        if time.time() - state.disabled_at < spec.error_cooldown:
+            return False
+        state.enable()
+        state.reenabled_at = time.time()
+        log.warning("filter %s switched on again after error_cooldown", spec.name)
+        return True
+
+    def _skip_reason(self, spec: FilterSpec, work: MessageWork) -> str | None:
         try:
-            return spec.applies_to(
+            return spec.skip_reason(
                 work.message.sender_address,
                 work.recipient_addresses,
                 work.subject,
@@ -153,7 +174,7 @@ class Engine:
             log.warning("filter %s switched off: %s", spec.name, state.disabled_reason)
         state.observe(seconds)
         if self.settings.stop_on_error:
-            decision.steps.append(StepResult(spec.name, "error:tempfail", seconds))
+            decision.steps.append(StepResult(spec.name, "error:tempfail", seconds, reason))
             return Verdict.TEMPFAIL, None
-        decision.steps.append(StepResult(spec.name, "error:skipped", seconds))
+        decision.steps.append(StepResult(spec.name, "error:skipped", seconds, reason))
         return Verdict.CONTINUE, None

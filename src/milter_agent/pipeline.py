@@ -70,6 +70,7 @@ class StepResult:
     name: str
     outcome: str
     seconds: float = 0.0
+    detail: str = ""  # e.g. a program's exit code and output, shown by the offline test
 
 
 @dataclass(slots=True)

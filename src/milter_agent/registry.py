@@ -47,6 +47,9 @@ class FilterState:
     kills: int = 0
     error_count: int = 0  # since last switched on; compared with the threshold
     disabled_reason: str | None = None
+    disabled_at: float | None = None
+    by_threshold: bool = False  # switched off by the error threshold (error_cooldown applies)
+    reenabled_at: float | None = None
     running: int = 0
     waiting: int = 0
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
@@ -101,14 +104,20 @@ class FilterState:
         self.error_count += 1
         self.last_error = reason
         if threshold and self.error_count >= threshold and not self.disabled:
-            self.disabled_reason = (
-                f"{self.error_count} errors (threshold {threshold}); last: {reason}"
-            )
+            self.disable(f"{self.error_count} errors (threshold {threshold}); last: {reason}")
+            self.by_threshold = True
             return True
         return False
 
+    def disable(self, reason: str) -> None:
+        self.disabled_reason = reason
+        self.disabled_at = time.time()
+        self.by_threshold = False
+
     def enable(self) -> None:
         self.disabled_reason = None
+        self.disabled_at = None
+        self.by_threshold = False
         self.error_count = 0
 
     def refused_once(self, what: str) -> bool:

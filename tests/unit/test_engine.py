@@ -341,3 +341,41 @@ def test_make_reply_uses_configured_codes() -> None:
     reply = make_reply(spec, "tempfail", ())
     assert reply is not None and (reply.code, reply.enhanced, reply.lines) == ("421", "4.3.2", ())
     assert make_reply(spec, "continue", ("x",)) is None
+
+
+def test_skipped_filters_say_why(tmp_path: Path) -> None:
+    _, d = run(tmp_path, filter_section("/bin/true", 'run_message_sender = "z@example.com"\n'))
+    assert [(s.name, s.outcome) for s in d.steps] == [("f", "skipped:run_message_sender")]
+
+
+def test_error_cooldown_switches_the_filter_back_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = engine(
+        tmp_path,
+        filter_section("/bin/sh -c 'kill -TERM $$'", "error_threshold = 1\nerror_cooldown = 60\n"),
+    )
+    asyncio.run(eng.run(message(tmp_path)))
+    state = eng.registry.get("f")
+    assert state.disabled and state.by_threshold
+    d = asyncio.run(eng.run(message(tmp_path)))
+    assert d.steps[0].outcome == "skipped:disabled"
+    assert state.disabled_at is not None
+    state.disabled_at -= 61  # as if a minute had passed
+    d = asyncio.run(eng.run(message(tmp_path)))
+    assert d.steps[0].outcome == "error:skipped" and state.reenabled_at is not None
+    assert "killed by signal SIGTERM" in d.steps[0].detail
+
+
+def test_manual_switch_off_is_not_undone_by_cooldown(tmp_path: Path) -> None:
+    eng = engine(tmp_path, filter_section("/bin/true", "error_cooldown = 1\n"))
+    state = eng.registry.get("f")
+    state.disable("by hand")
+    state.disabled_at = 0.0
+    d = asyncio.run(eng.run(message(tmp_path)))
+    assert d.steps[0].outcome == "skipped:disabled" and state.disabled
+
+
+def test_program_output_is_in_the_step_detail(tmp_path: Path) -> None:
+    _, d = run(tmp_path, filter_section("/bin/sh -c 'echo clean; echo note >&2; exit 3'"))
+    assert d.steps[0].detail == "exit 3; stdout: clean; stderr: note"

@@ -83,3 +83,13 @@ def test_deliver_runs_notice_cmd_with_the_event(tmp_path: Path) -> None:
     assert env["MILTER_NOTICE_FILTER"] == "scan"
     assert env["MILTER_NOTICE_REASON"] == "3 errors; $(reboot)"
     assert env["MILTER_NOTICE_TIME"].startswith("1970-01-01T")
+
+
+def test_reenabled_by_cooldown_is_noticed(tmp_path: Path) -> None:
+    store, registry, clock = setup(tmp_path, FILTER)
+    w = watcher(store, registry, clock)
+    assert w.check() == []
+    registry.get("scan").reenabled_at = 1001.0
+    (notice,) = w.check()
+    assert (notice.event, notice.filter) == ("filter_reenabled", "scan")
+    assert w.check() == []

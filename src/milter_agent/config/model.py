@@ -212,31 +212,49 @@ class FilterSpec:
         now: datetime,
         size: int | None = None,
     ) -> bool:
-        """All conditions ANDed, as the seed says. ``size`` None = unknown (not checked)."""
-        return (
-            self.envelope_allows(sender, recipients)
-            and _holds(self.run_message_subject, subject)
-            and not _holds_some(self.skip_message_subject, subject)
-            and (not self.run_time or any_matches(self.run_time, now))
-            and not any_matches(self.skip_time, now)
-            and (self.max_message_size is None or size is None or size <= self.max_message_size)
-        )
+        """All conditions ANDed, as the seed says (see :meth:`skip_reason`)."""
+        return self.skip_reason(sender, recipients, subject, now, size) is None
 
-    def envelope_allows(self, sender: str, recipients: Sequence[str]) -> bool:
-        """The sender and recipient conditions.
+    def skip_reason(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        subject: str,
+        now: datetime,
+        size: int | None = None,
+    ) -> str | None:
+        """The first condition that does not hold (its key), or None when the filter runs.
 
-        ``run_message_recipient`` holds when ANY recipient matches; ``skip_recipient`` skips
-        only when EVERY recipient matches, so adding a skipped recipient to a message can
-        never shield the other recipients from the filter.
+        A recipient condition holds when ANY recipient matches ``run_message_recipient``;
+        ``skip_recipient`` skips only when EVERY recipient matches, so adding a skipped
+        recipient to a message can never shield the other recipients from the filter.
         """
-        if not _holds(self.run_message_sender, sender):
-            return False
-        if _holds_some(self.skip_message_sender, sender):
-            return False
-        run, skip = self.run_message_recipient, self.skip_recipient
-        if run is not None and not run.matches_any(recipients):
-            return False
-        return not (skip is not None and recipients and all(map(skip.matches, recipients)))
+        checks = (
+            ("run_message_sender", _holds(self.run_message_sender, sender)),
+            ("skip_message_sender", not _holds_some(self.skip_message_sender, sender)),
+            (
+                "run_message_recipient",
+                self.run_message_recipient is None
+                or self.run_message_recipient.matches_any(recipients),
+            ),
+            (
+                "skip_recipient",
+                not (
+                    self.skip_recipient is not None
+                    and bool(recipients)
+                    and all(self.skip_recipient.matches(rcpt) for rcpt in recipients)
+                ),
+            ),
+            ("run_message_subject", _holds(self.run_message_subject, subject)),
+            ("skip_message_subject", not _holds_some(self.skip_message_subject, subject)),
+            ("run_time", not self.run_time or any_matches(self.run_time, now)),
+            ("skip_time", not any_matches(self.skip_time, now)),
+            (
+                "max_message_size",
+                self.max_message_size is None or size is None or size <= self.max_message_size,
+            ),
+        )
+        return next((key for key, holds in checks if not holds), None)
 
 
 def _holds(condition: AddressList | SubjectList | None, value: str) -> bool:

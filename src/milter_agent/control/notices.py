@@ -3,8 +3,9 @@ refused on reload, a filter that has not run for ``notice_idle`` seconds.
 
 A watcher looks at the registry and the config store once a second (nothing on the message
 path), logs a warning per event and, if ``notice_cmd`` is set, runs it as an argv (never a
-shell) with the event in its environment: ``MILTER_NOTICE`` (filter_disabled, reload_failed,
-filter_idle), ``MILTER_NOTICE_FILTER``, ``MILTER_NOTICE_REASON``, ``MILTER_NOTICE_TIME``.
+shell) with the event in its environment: ``MILTER_NOTICE`` (filter_disabled, filter_reenabled,
+reload_failed, filter_idle), ``MILTER_NOTICE_FILTER``, ``MILTER_NOTICE_REASON``,
+``MILTER_NOTICE_TIME``.
 Each event is noticed once: again only after the filter was switched on, ran, or a later
 reload failed.
 """
@@ -60,6 +61,7 @@ class NoticeWatcher:
         self.started = started
         self.clock = clock
         self._disabled: set[str] = set()
+        self._reenabled: dict[str, float | None] = {}
         self._idle: set[str] = set()
         self._reload_error_time: float | None = None
 
@@ -80,6 +82,13 @@ class NoticeWatcher:
             if state.disabled and name not in self._disabled:
                 found.append(Notice("filter_disabled", name, state.disabled_reason or "", now))
         self._disabled = {name for name, state in states.items() if state.disabled}
+        for name, state in states.items():
+            seen = self._reenabled.get(
+                name, state.reenabled_at if name in self._reenabled else None
+            )
+            if state.reenabled_at is not None and state.reenabled_at != seen:
+                found.append(Notice("filter_reenabled", name, "error_cooldown is over", now))
+            self._reenabled[name] = state.reenabled_at
         return found
 
     def _idle_filters(self, config: Config, now: float) -> list[Notice]:

@@ -26,6 +26,7 @@ log = logging.getLogger("milter_agent.filters.program")
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SUFFIX = {variables.REPLY_FILE: "reply", variables.BODY_FILE: "body", variables.HEADER_FILE: "hdr"}
 _STDERR_LINES = 10
+_NOTE_OUTPUT = 500
 
 
 def program_environment(
@@ -103,7 +104,7 @@ def _interpret(
     if not text:
         first = result.stdout.decode("utf-8", "surrogateescape").split("\n", 1)[0]
         text = text_lines(first)
-    outcome = FilterResult(verdict, text, note=f"exit {result.returncode}")
+    outcome = FilterResult(verdict, text, note=_note(result))
     body = files.get(variables.BODY_FILE)
     if body is not None and body.stat().st_size > 0:
         work.release(body)
@@ -113,6 +114,16 @@ def _interpret(
     for problem in problems:
         log.warning("filter %s: header file %s", spec.name, problem)
     return outcome
+
+
+def _note(result: procs.ProcessResult) -> str:
+    """Exit code and the start of the output, for the offline test and the control socket."""
+    parts = [f"exit {result.returncode}"]
+    for name, data in (("stdout", result.stdout), ("stderr", result.stderr)):
+        text = data[:_NOTE_OUTPUT].decode("utf-8", "replace").strip()
+        if text:
+            parts.append(f"{name}: {text}")
+    return "; ".join(parts)
 
 
 def _log_stderr(name: str, stderr: bytes) -> None:

@@ -58,6 +58,7 @@ VALUED = [
     (None, "--socket-mode", "0600", "socket_mode", 0o600),
     (None, "--log-target", "stderr", "log_target", "stderr"),
     (None, "--pid-file", "/run/m.pid", "pid_file", "/run/m.pid"),
+    (None, "--metrics", "127.0.0.1:9464", "metrics", "127.0.0.1:9464"),
 ]
 
 
