@@ -10,11 +10,15 @@ from milter_agent.config.render import check_config
 from milter_agent.control.client import main as client
 from milter_agent.daemon import run
 from milter_agent.errors import ConfigError
+from milter_agent.offline import run_test
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["test"]:
+        return run_test(args[1:])
     try:
-        command_line = parse_command_line(argv)
+        command_line = parse_command_line(args)
     except ConfigError as exc:
         print(f"milter-agent: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from milter_agent.logsetup import setup_logging
 from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Pipeline, Verdict
 from milter_agent.privileges import (
+    Account,
     check_installation_readable,
     drop_to,
     group_id,
@@ -51,14 +52,14 @@ _RESTART_ONLY = ("socket", "control_socket", "user", "spool_dir", "socket_mode",
 
 
 class Daemon:
-    def __init__(self, command_line: CommandLine) -> None:
+    def __init__(self, command_line: CommandLine, spool_dir: str | None = None) -> None:
         self.command_line = command_line
         self.store = ConfigStore(command_line)
         self.started = time.time()
         settings = self.store.current.settings
         self.spec = parse_socket_spec(settings.socket)
-        self.account = resolve_user(settings.user, command_line.given("user"))
-        self.spool = Spool(Path(settings.spool_dir) / "messages")
+        self.account: Account | None = None
+        self.spool = Spool(Path(spool_dir or settings.spool_dir) / "messages")
         self.registry = Registry()
         self.engine = self._build(self.store.current)
         self.server: MilterServer | None = None
@@ -274,6 +275,8 @@ def run(command_line: CommandLine) -> int:
     """Start the daemon; returns the exit status."""
     try:
         daemon = Daemon(command_line)
+        user = daemon.store.current.settings.user
+        daemon.account = resolve_user(user, command_line.given("user"))
     except ConfigError as exc:
         print(f"milter-agent: {exc}", file=sys.stderr)
         return 1
