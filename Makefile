@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 RUNDIR := $(CURDIR)/.run
 PORT   ?= 8890
 
-.PHONY: run test lint format bench soak check-examples clean system-deps
+.PHONY: run test lint format bench soak man dist clean system-deps
 
 $(PY):
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { [ "$$(id -u)" = 0 ] && \
@@ -47,6 +47,14 @@ format: $(STAMP)
 bench: $(STAMP) system-deps
 	@echo "make bench: the benchmark (bench/) is not written yet; see docs/performance.md" >&2
 	@exit 1
+
+## man: regenerate man/ from the Markdown docs (a test checks they are in step)
+man: $(STAMP)
+	$(PY) tools/manpages.py man
+
+## dist: build the sdist and the wheel into dist/
+dist: $(STAMP)
+	$(PY) -m build --outdir dist
 
 clean:
 	rm -rf $(VENV) $(RUNDIR) build dist src/*.egg-info
