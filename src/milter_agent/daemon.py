@@ -26,6 +26,7 @@ from milter_agent.control.metrics import Snapshot, serve_metrics
 from milter_agent.control.server import ControlServer
 from milter_agent.engine import Engine
 from milter_agent.errors import ConfigError, SpoolError
+from milter_agent.filters import module as modules
 from milter_agent.logsetup import setup_logging
 from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Pipeline, Verdict
@@ -69,6 +70,7 @@ class Daemon:
 
     def _build(self, config: Config) -> Engine:
         self.registry.configure((f.name, f.single_instance) for f in config.filters)
+        modules.HOST.configure(config.filters)  # unload modules whose filter left or changed
         return Engine(config, self.registry, self.spool)
 
     def reload(self, always: bool) -> None:
@@ -223,6 +225,7 @@ class Daemon:
             if control is not None:
                 await control.stop()
             await self.server.stop()
+            await modules.HOST.close()  # teardown, stop module workers
 
     async def _run_until_stopped(self, watch: bool) -> None:
         become_subreaper()

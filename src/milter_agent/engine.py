@@ -21,6 +21,7 @@ from datetime import datetime
 from milter_agent.config.model import AddressRule, Config, FilterSpec
 from milter_agent.errors import FilterError
 from milter_agent.filters.address import apply_address_rule
+from milter_agent.filters.module import run_module_filter
 from milter_agent.filters.program import run_program_filter
 from milter_agent.filters.results import FilterResult, make_reply
 from milter_agent.message import Message
@@ -124,7 +125,7 @@ class Engine:
             self._apply(spec, result, work)
         elif result.new_body is not None:
             result.new_body.unlink(missing_ok=True)
-        return verdict, make_reply(spec, result.verdict, result.text)
+        return verdict, make_reply(spec, result.verdict, result.text, result.reply_code)
 
     def _cooled_down(self, spec: FilterSpec, state: FilterState) -> bool:
         """error_cooldown: a filter switched off by its threshold comes back after a while."""
@@ -153,15 +154,23 @@ class Engine:
         self, spec: FilterSpec, work: MessageWork, state: FilterState
     ) -> FilterResult:
         if spec.is_module:
-            raise FilterError(f"module filters are not supported yet ({spec.module_name})")
+            return await run_module_filter(spec, work, state, self.settings)
         return await run_program_filter(spec, work, state, self.settings)
 
     def _apply(self, spec: FilterSpec, result: FilterResult, work: MessageWork) -> None:
         refused = self._refusal(spec.name)
         if result.new_body is not None:
             work.replace_body(result.new_body, refused)
+        for name in result.remove_headers:
+            work.remove_header(name, refused)
         for name, value in result.headers:
             work.change_header(name, value, refused)
+        for name, value in result.add_headers:
+            work.add_header(name, value, refused)
+        for address in result.remove_recipients:
+            work.remove_recipient(address, refused)
+        for address in result.add_recipients:
+            work.add_recipient(address, refused)
 
     def _failed(
         self, spec: FilterSpec, state: FilterState, reason: str, seconds: float, decision: Decision

@@ -136,16 +136,20 @@ async def run_program(
     ]
     timed_out = killed = False
     try:
-        async with asyncio.timeout(timeout or None):
-            await proc.wait()
-    except TimeoutError:
-        timed_out = True
-        if kill:
-            killed = True
-            await _terminate(proc, kill_grace)
-        else:
-            _reap_later(proc)
-    await _close_pipes(readers, proc)
+        try:
+            async with asyncio.timeout(timeout or None):
+                await proc.wait()
+        except TimeoutError:
+            timed_out = True
+            if kill:
+                killed = True
+                await _terminate(proc, kill_grace)
+            else:
+                _reap_later(proc)
+        await _close_pipes(readers, proc)
+    except asyncio.CancelledError:
+        _abandon(proc, readers, kill, kill_grace)
+        raise
     if proc.returncode is not None:
         _children.discard(proc.pid)
     return ProcessResult(
@@ -199,6 +203,49 @@ def _reap_later(proc: asyncio.subprocess.Process) -> None:
     task = asyncio.ensure_future(wait())
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+def _abandon(
+    proc: asyncio.subprocess.Process,
+    readers: Sequence[asyncio.Future[None]],
+    kill: bool,
+    grace: float,
+) -> None:
+    """Nobody waits for the verdict any more (the MTA hung up, the daemon stops): end the
+    program now if we may kill it, else leave it running as after a timeout; either way reap
+    it and close its pipes in the background, so no process, zombie or fd is left behind."""
+
+    async def finish() -> None:
+        try:
+            if proc.returncode is None:
+                if kill:
+                    await _terminate(proc, grace)
+                else:
+                    await proc.wait()
+            await _close_pipes(readers, proc)
+        except asyncio.CancelledError:  # the daemon is exiting
+            if kill:
+                _killpg(proc.pid, signal.SIGKILL)
+            for reader in readers:
+                reader.cancel()
+            raise
+        finally:
+            if proc.returncode is not None:
+                _children.discard(proc.pid)
+
+    task = asyncio.ensure_future(finish())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def track(pid: int) -> None:
+    """A child someone else waits for (a module worker): the orphan reaper leaves it alone."""
+    _children.add(pid)
+
+
+def untrack(pid: int) -> None:
+    """Its owner no longer waits for it: if it is a zombie, the orphan reaper collects it."""
+    _children.discard(pid)
 
 
 def become_subreaper() -> bool:

@@ -1,7 +1,8 @@
 """What a message filter hands back, and how its texts become replies and header changes.
 
 Shared by program and module filters: an exit-code-like verdict, an optional text (the SMTP
-reply for reject/tempfail), an optional new body and header lines ``Name: value``.
+reply for reject/tempfail), an optional new body and header lines ``Name: value``. Module
+filters may also set the reply code, add or remove headers and add or remove recipients.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ class FilterResult:
     new_body: Path | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
     note: str = ""
+    reply_code: str | None = None  # overrides the filter's reject_code / tempfail_code
+    add_headers: list[tuple[str, str]] = field(default_factory=list)
+    remove_headers: list[str] = field(default_factory=list)
+    add_recipients: list[str] = field(default_factory=list)
+    remove_recipients: list[str] = field(default_factory=list)
 
 
 def read_text(path: Path | None) -> str:
@@ -65,14 +71,18 @@ def parse_header_lines(text: str) -> tuple[list[tuple[str, str]], list[str]]:
 _CODE = re.compile(r"\s*([45]\d\d)(?:\s+([45]\.\d{1,3}\.\d{1,3}))?\s*$")
 
 
-def make_reply(spec: FilterSpec, verdict: Verdict, text: tuple[str, ...]) -> Reply | None:
-    """The SMTP reply for a reject or tempfail: the filter's text, else the configured one."""
+def make_reply(
+    spec: FilterSpec, verdict: Verdict, text: tuple[str, ...], code: str | None = None
+) -> Reply | None:
+    """The SMTP reply for a reject or tempfail: the filter's text, else the configured one;
+    ``code`` (checked by the caller) overrides the configured code."""
     if verdict == "reject":
-        code, configured = spec.reject_code, spec.reject_message
+        configured_code, configured = spec.reject_code, spec.reject_message
     elif verdict == "tempfail":
-        code, configured = spec.tempfail_code, spec.tempfail_message
+        configured_code, configured = spec.tempfail_code, spec.tempfail_message
     else:
         return None
+    code = code or configured_code
     lines = text or text_lines(configured or "")
     match = _CODE.match(code)
     if match is None:  # validated at load; never trust it blindly

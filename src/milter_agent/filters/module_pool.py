@@ -1,0 +1,282 @@
+"""The daemon's side of ``module_safe_use``: a bounded pool of worker processes for one module.
+
+Each worker (:mod:`milter_agent.filters.module_worker`) loads the module once when it starts
+and then runs one message at a time, so a crash (even a segfault in C), a hang or a leak hurts
+only that worker. A worker that dies fails the message it was running (a filter error) and is
+replaced by the next message. On a timeout with -M the worker is killed (SIGKILL) at once and
+replaced; without -M it is left to finish and exit on its own, like a program without -T, and
+its late answer is dropped. Waits for a free worker and for the load are bounded by the timeout.
+
+The pipes are ours and read through the event loop; the worker's exit status is collected with
+``Popen.poll``; the orphan reaper leaves a worker alone while the pool still waits for it
+(``procs.track``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import logging.handlers
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from milter_agent import procs
+from milter_agent.errors import FilterError
+from milter_agent.filters.module_api import ModuleConfig, ModuleMessage
+from milter_agent.filters.module_worker import FRAME_HEADER, encode_frame
+
+log = logging.getLogger("milter_agent.filters.module")
+
+_REAP_WAIT = 2.0
+
+
+class ModuleTimeout(FilterError):
+    """The module did not answer in time; ``stopped`` tells whether it was stopped."""
+
+    def __init__(self, message: str, *, stopped: bool) -> None:
+        super().__init__(message)
+        self.stopped = stopped
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+async def _ready(fd: int, *, write: bool) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    (loop.add_writer if write else loop.add_reader)(fd, _wake, ready)
+    try:
+        await ready
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
+
+
+def log_setup() -> tuple[str, int]:
+    """Where the daemon's root logger writes, for the workers to do the same."""
+    root = logging.getLogger()
+    target = "stderr"
+    for handler in root.handlers:
+        if isinstance(handler, logging.handlers.SysLogHandler):
+            target = "syslog"
+        elif isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            target = "stdout"
+    return target, root.getEffectiveLevel()
+
+
+class WorkerProcess:
+    """One worker and our ends of its pipes."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "milter_agent.filters.module_worker", str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))},
+            close_fds=True,
+        )
+        procs.track(self.proc.pid)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._to, self._from = self.proc.stdin, self.proc.stdout
+        os.set_blocking(self._to.fileno(), False)
+        os.set_blocking(self._from.fileno(), False)
+        self._buffer = bytearray()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def ask(self, request: object) -> tuple[str, Any]:
+        """Send one request, wait for its reply; FilterError if the worker dies."""
+        await self._send(encode_frame(request))
+        size = FRAME_HEADER.unpack(await self._receive(FRAME_HEADER.size))[0]
+        reply: tuple[str, Any] = pickle.loads(await self._receive(size))  # noqa: S301
+        return reply
+
+    async def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._to.fileno(), view) :]
+            except BlockingIOError:
+                await _ready(self._to.fileno(), write=True)
+            except BrokenPipeError:
+                raise FilterError(await self.death()) from None
+
+    async def _receive(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            try:
+                chunk = os.read(self._from.fileno(), 65536)
+            except BlockingIOError:
+                await _ready(self._from.fileno(), write=False)
+                continue
+            if not chunk:
+                raise FilterError(await self.death())
+            self._buffer += chunk
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    async def death(self) -> str:
+        """Why the worker's pipe closed: its exit status, once it is known (bounded wait)."""
+        code = await self.reaped(_REAP_WAIT)
+        if code is not None and code < 0:
+            return f"module worker {self.pid} died: killed by {signal.Signals(-code).name}"
+        if code:
+            return f"module worker {self.pid} died: exit status {code}"
+        return f"module worker {self.pid} died"
+
+    async def reaped(self, wait: float, interval: float = 0.01) -> int | None:
+        """The exit status once the worker has exited, None if it still runs after ``wait``."""
+        for _ in range(max(1, round(wait / interval))):
+            if self.proc.poll() is not None:
+                procs.untrack(self.pid)
+                return self.proc.returncode
+            await asyncio.sleep(interval)
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
+        """The worker gets end of input (and a broken pipe if it answers): it will exit.
+
+        From here on nobody may wait for it, so the orphan reaper is allowed to collect it.
+        """
+        procs.untrack(self.pid)
+        for pipe in (self._to, self._from):
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+    async def stop(self, grace: float) -> None:
+        """Let the worker run teardown and exit; SIGKILL after ``grace``."""
+        self.close_pipes()
+        if await self.reaped(grace) is None:
+            self.kill()
+            await self.reaped(_REAP_WAIT)
+
+
+class WorkerPool:
+    """Up to ``size`` workers for one module; idle ones wait for the next message."""
+
+    def __init__(self, config: ModuleConfig, size: int) -> None:
+        self.config = config
+        self.size = size
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[WorkerProcess] = []
+        self._left: set[WorkerProcess] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def pids(self) -> list[int]:
+        return [worker.pid for worker in self._idle]
+
+    async def run(self, args: list[str], message: ModuleMessage, timeout: float, kill: bool) -> Any:
+        """The module's (normalised) outcome for one message."""
+        try:
+            async with asyncio.timeout(timeout or None):
+                await self._slots.acquire()
+        except TimeoutError:
+            text = f"no free module worker within {timeout:g}s"
+            raise ModuleTimeout(text, stopped=False) from None
+        worker: WorkerProcess | None = None
+        try:
+            worker = await self._take(timeout)
+            status, value = await self._ask(worker, ("run", args, message), timeout, kill)
+            self._idle.append(worker)
+            worker = None
+        finally:
+            if worker is not None:
+                self._discard(worker, kill=True)
+            self._slots.release()
+        if status != "ok":
+            raise FilterError(value)
+        return value
+
+    async def _take(self, timeout: float) -> WorkerProcess:
+        """An idle worker that is still alive, or a new one."""
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.proc.poll() is None:
+                return worker
+            self._discard(worker, kill=False)
+        return await self._start(timeout)
+
+    async def _start(self, timeout: float) -> WorkerProcess:
+        try:
+            worker = WorkerProcess()
+        except OSError as exc:
+            raise FilterError(f"cannot start a module worker: {exc}") from None
+        try:
+            status, value = await self._ask(worker, ("load", self.config, log_setup()), timeout)
+        except BaseException:
+            self._discard(worker, kill=True)
+            raise
+        if status != "ok":
+            self._discard(worker, kill=True)
+            raise FilterError(value)
+        log.info("module %s: worker %d started", self.config.module_name, worker.pid)
+        return worker
+
+    async def _ask(
+        self, worker: WorkerProcess, request: object, timeout: float, kill: bool = True
+    ) -> tuple[str, Any]:
+        try:
+            async with asyncio.timeout(timeout or None):
+                return await worker.ask(request)
+        except TimeoutError:
+            if not kill:
+                self._leave_running(worker)
+                raise ModuleTimeout(
+                    f"timed out after {timeout:g}s; worker {worker.pid} left running, no verdict",
+                    stopped=False,
+                ) from None
+            raise ModuleTimeout(
+                f"timed out after {timeout:g}s; worker {worker.pid} killed", stopped=True
+            ) from None
+
+    def _leave_running(self, worker: WorkerProcess) -> None:
+        worker.close_pipes()
+        self._left.add(worker)
+        self._background(self._forget_when_done(worker))
+
+    async def _forget_when_done(self, worker: WorkerProcess) -> None:
+        while await worker.reaped(60.0, interval=0.5) is None:
+            pass
+        self._left.discard(worker)
+        log.info("module worker %d left running after its timeout has now exited", worker.pid)
+
+    def _discard(self, worker: WorkerProcess, *, kill: bool) -> None:
+        if worker in self._left:
+            return
+        if kill:
+            worker.kill()
+        self._background(worker.reaped(_REAP_WAIT))
+
+    def _background(self, job: Any) -> None:
+        task = asyncio.ensure_future(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self, grace: float, *, kill_left: bool = False) -> None:
+        """Stop the idle workers (teardown runs in each); workers left running after a
+        timeout are killed only with ``kill_left`` (daemon shutdown)."""
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(worker.stop(grace) for worker in idle))
+        if not kill_left:
+            return
+        left, self._left = list(self._left), set()
+        for worker in left:
+            worker.kill()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(worker.reaped(_REAP_WAIT) for worker in left))

@@ -1,0 +1,652 @@
+"""Module filters in the daemon: loading, reloading, errors, sync/async/C calls, result objects,
+timeouts, and the engine applying what a module returns."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from milter_agent.config.model import FilterSpec
+from milter_agent.config.options import parse_command_line
+from milter_agent.config.parser import parse_config_text
+from milter_agent.engine import Engine
+from milter_agent.errors import FilterError
+from milter_agent.filters import module as modules
+from milter_agent.filters.module import ModuleHost
+from milter_agent.filters.module_api import ModuleMessage, ModuleResult
+from milter_agent.filters.module_load import load_module, module_kind, normalize_outcome
+from milter_agent.filters.module_threads import ThreadPool
+from milter_agent.message import Client, Message
+from milter_agent.pipeline import Decision, Verdict
+from milter_agent.registry import Registry
+from milter_agent.spool import Spool
+
+REPO = Path(__file__).resolve().parents[2]
+HEADERS = [("From", " <a@example.com>"), ("To", " <b@example.com>"), ("Subject", " Hello there")]
+BODY = b"body line\r\n"
+MSG = ModuleMessage("a@example.com", ("b@example.com",), (("Subject", "Hi"),), {"i": "Q1"})
+
+
+def spec(name: str, module: str, *, safe: bool = False, timeout: float = 5.0) -> FilterSpec:
+    return FilterSpec(name=name, argv=(), module_name=module, module_safe_use=safe, timeout=timeout)
+
+
+def write_module(path: Path, source: str) -> Path:
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def compile_c(directory: Path, name: str, source: str) -> Path:
+    src = directory / f"{name}.c"
+    src.write_text(textwrap.dedent(source))
+    out = directory / f"{name}.so"
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Werror",
+            f"-I{REPO / 'include'}",
+            "-o",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        timeout=60,
+    )
+    return out
+
+
+def call(host: ModuleHost, filter_spec: FilterSpec, args: list[str] | None = None) -> Any:
+    async def go() -> Any:
+        try:
+            return await host.call(filter_spec, args or [], MSG, kill=False)
+        finally:
+            await host.close()
+
+    return asyncio.run(go())
+
+
+# --- the engine with module filters -------------------------------------------------------------
+
+
+def message(tmp_path: Path) -> Message:
+    spool_file = tmp_path / "spool" / "m.msg"
+    head = b"".join(f"{n}:{v}\r\n".encode() for n, v in HEADERS)
+    spool_file.write_bytes(head + b"\r\n" + BODY)
+    return Message(
+        Client("client.example", "192.0.2.1", 25, "4", "helo.example"),
+        "<a@example.com>",
+        recipients=["<b@example.com>"],
+        headers=list(HEADERS),
+        macros={"i": "QID42"},
+        spool_path=spool_file,
+        size=len(head) + 2 + len(BODY),
+        body_size=len(BODY),
+    )
+
+
+def make_engine(tmp_path: Path, text: str, *argv: str) -> Engine:
+    config = parse_config_text(textwrap.dedent(text), "/t.conf", parse_command_line(list(argv)))
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    registry = Registry()
+    registry.configure((f.name, f.single_instance) for f in config.filters)
+    modules.HOST.configure(config.filters)
+    return Engine(config, registry, spool, now=lambda: datetime(2026, 11, 25, 10, 0))
+
+
+def run(tmp_path: Path, text: str, *argv: str, messages: int = 1) -> tuple[Engine, Decision]:
+    eng = make_engine(tmp_path, text, *argv)
+
+    async def go() -> Decision:
+        try:
+            for _ in range(messages):
+                decision = await eng.run(message(tmp_path))
+            return decision
+        finally:
+            await modules.HOST.close()
+
+    return eng, asyncio.run(go())
+
+
+@pytest.fixture(autouse=True)
+def fresh_host() -> Iterator[None]:
+    yield
+    assert not modules.HOST.loaded, "a test left modules loaded in the daemon's host"
+
+
+def test_python_file_int_result_maps_like_an_exit_code(tmp_path: Path) -> None:
+    mod = write_module(
+        tmp_path / "refuse.py",
+        """
+        def process_message_by_module(args, message):
+            return 1 if message.subject == "Hello there" else 0
+        """,
+    )
+    _, d = run(
+        tmp_path,
+        f"""
+        [Filter]
+        task_name = refuse
+        module_name = "{mod}"
+        reject_exit_codes = "1"
+        reject_message = "Not this subject."
+        """,
+    )
+    assert d.verdict is Verdict.REJECT
+    assert d.reply is not None and d.reply.lines == ("Not this subject.",)
+    assert d.steps[0].outcome == "reject"
+
+
+def test_exec_cmd_is_expanded_like_a_programs_and_the_files_are_read_back(tmp_path: Path) -> None:
+    seen = tmp_path / "args.txt"
+    mod = write_module(
+        tmp_path / "files.py",
+        f"""
+        from pathlib import Path
+        def process_message_by_module(args, message):
+            Path({str(seen)!r}).write_text("\\n".join(args))
+            file, sender, reply, headers = args
+            Path(reply).write_text("Rejected by the files module")
+            Path(headers).write_text("X-Checked: yes\\n")
+            assert Path(file).read_bytes().endswith(b"body line\\r\\n")
+            return 5
+        """,
+    )
+    _, d = run(
+        tmp_path,
+        f"""
+        [Filter]
+        task_name = files
+        module_name = "{mod}"
+        exec_cmd = "%f %s %r %h"
+        tempfail_exit_codes = "5"
+        """,
+        "-H",
+    )
+    words = seen.read_text().split("\n")
+    assert words[0] == str(tmp_path / "spool" / "m.msg") and words[1] == "a@example.com"
+    assert words[2].endswith(".reply") and words[3].endswith(".hdr")
+    assert d.verdict is Verdict.TEMPFAIL
+    assert d.reply is not None and d.reply.lines == ("Rejected by the files module",)
+    assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["m.msg"]
+
+
+def test_result_object_sets_reply_code_and_text(tmp_path: Path) -> None:
+    mod = write_module(
+        tmp_path / "res.py",
+        """
+        from milter_agent.filters.module_api import ModuleResult
+        def process_message_by_module(args, message):
+            return ModuleResult("reject", text="No.\\nReally not.", reply_code="554 5.7.0")
+        """,
+    )
+    _, d = run(tmp_path, f'[Filter]\ntask_name = res\nmodule_name = "{mod}"\n')
+    assert d.verdict is Verdict.REJECT and d.reply is not None
+    assert (d.reply.code, d.reply.enhanced, d.reply.lines) == (
+        "554",
+        "5.7.0",
+        ("No.", "Really not."),
+    )
+
+
+def test_result_object_changes_are_applied_with_the_switches(tmp_path: Path) -> None:
+    mod = write_module(
+        tmp_path / "change.py",
+        """
+        from milter_agent.filters.module_api import ModuleResult
+        def process_message_by_module(args, message):
+            return ModuleResult(
+                add_headers=[("X-Added", "1")],
+                change_headers=[("Subject", "Changed")],
+                remove_headers=["To"],
+                add_recipients=["c@example.com"],
+                remove_recipients=["b@example.com"],
+                new_body="new\\nbody\\n",
+            )
+        """,
+    )
+    config = f'[Filter]\ntask_name = change\nmodule_name = "{mod}"\n'
+    _, d = run(tmp_path, config, "-ARHGB")
+    assert d.verdict is Verdict.CONTINUE
+    assert d.changes.add_headers == [("X-Added", "1")]
+    assert sorted(d.changes.change_headers) == [("Subject", 1, "Changed"), ("To", 1, "")]
+    assert d.changes.add_recipients == ["<c@example.com>"]
+    assert d.changes.delete_recipients == ["<b@example.com>"]
+    assert d.changes.new_body is not None
+    assert d.changes.new_body.read_bytes() == b"new\r\nbody\r\n"
+    d.changes.new_body.unlink()
+
+
+def test_result_object_changes_are_refused_without_the_switches(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mod = write_module(
+        tmp_path / "change.py",
+        """
+        from milter_agent.filters.module_api import ModuleResult
+        def process_message_by_module(args, message):
+            return ModuleResult(add_recipients=["c@example.com"], add_headers=[("X-A", "1")])
+        """,
+    )
+    _, d = run(tmp_path, f'[Filter]\ntask_name = change\nmodule_name = "{mod}"\n')
+    assert not d.changes
+    assert "add recipient c@example.com refused: option -A is not given" in caplog.text
+    assert "add header X-A refused: option -H is not given" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("returned", "reason"),
+    [
+        ('"yes"', "returned str; expected an int or a ModuleResult"),
+        ('ModuleResult("reject", reply_code="451 4.7.1")', "must be of class 5"),
+        ('ModuleResult(add_headers=[("Bad Name", "x")])', "is not a header field name"),
+        ('ModuleResult(add_recipients=["a b@example.com"])', "contains a space"),
+        ('ModuleResult("maybe")', "unknown verdict 'maybe'"),
+    ],
+)
+def test_bad_results_are_filter_errors(tmp_path: Path, returned: str, reason: str) -> None:
+    mod = write_module(
+        tmp_path / "bad.py",
+        f"""
+        from milter_agent.filters.module_api import ModuleResult
+        def process_message_by_module(args, message):
+            return {returned}
+        """,
+    )
+    eng, d = run(tmp_path, f'[Filter]\ntask_name = bad\nmodule_name = "{mod}"\n', "-AH")
+    assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "error:skipped"
+    assert reason in str(eng.registry.get("bad").last_error)
+
+
+def test_an_exception_is_a_filter_error_counted_toward_the_threshold(tmp_path: Path) -> None:
+    mod = write_module(
+        tmp_path / "boom.py",
+        """
+        def process_message_by_module(args, message):
+            raise RuntimeError("database is down")
+        """,
+    )
+    config = f'[Filter]\ntask_name = boom\nmodule_name = "{mod}"\n'
+    eng, d = run(tmp_path, config, "-E", "-m", "2", messages=2)
+    state = eng.registry.get("boom")
+    assert d.verdict is Verdict.TEMPFAIL
+    assert state.errors == 2 and state.disabled
+    assert state.last_error == "module raised RuntimeError: database is down"
+
+
+def test_a_module_that_calls_sys_exit_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    mod = write_module(
+        tmp_path / "quit.py",
+        """
+        import sys
+        async def process_message_by_module(args, message):
+            sys.exit(3)
+        """,
+    )
+    eng, d = run(tmp_path, f'[Filter]\ntask_name = quit\nmodule_name = "{mod}"\n')
+    assert d.steps[0].outcome == "error:skipped"
+    assert eng.registry.get("quit").last_error == "module raised SystemExit: 3"
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def test_module_kinds() -> None:
+    assert module_kind("/x/mod.py") == "file"
+    assert module_kind("/x/mod.so") == "library"
+    assert module_kind("/x/libfilter.so.1") == "library"
+    assert module_kind("pkg.mod:func") == "import"
+    assert module_kind("pkg.mod") == "import"
+
+
+def test_importable_function_and_module_forms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    write_module(
+        package / "filt.py",
+        """
+        def check(args, message):
+            return 7
+        def process_message_by_module(args, message):
+            return 8
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert call(ModuleHost(), spec("f", "mypkg.filt:check")) == 7
+    assert call(ModuleHost(), spec("m", "mypkg.filt")) == 8
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("def other(args, message): return 0\n", "has no function process_message_by_module"),
+        ("process_message_by_module = 3\n", "has no function process_message_by_module"),
+        ("def process_message_by_module(args, message) return 0\n", "SyntaxError"),
+        ("import no_such_module_here\n", "ModuleNotFoundError: No module named"),
+        ("raise SystemExit(2)\n", "SystemExit: 2"),
+    ],
+)
+def test_modules_that_cannot_load_are_filter_errors(
+    tmp_path: Path, source: str, reason: str
+) -> None:
+    mod = write_module(tmp_path / "broken.py", source)
+    with pytest.raises(FilterError, match=reason):
+        call(ModuleHost(), spec("broken", str(mod)))
+
+
+def test_missing_files_and_libraries_are_filter_errors(tmp_path: Path) -> None:
+    with pytest.raises(FilterError, match=r"cannot load module .*/nope\.py: FileNotFoundError"):
+        call(ModuleHost(), spec("x", str(tmp_path / "nope.py")))
+    with pytest.raises(FilterError, match=r"cannot load module .*/nope\.so: .*No such file"):
+        call(ModuleHost(), spec("x", str(tmp_path / "nope.so")))
+    with pytest.raises(FilterError, match="No module named 'no_such_pkg'"):
+        call(ModuleHost(), spec("x", "no_such_pkg.mod:f"))
+
+
+def test_a_failed_load_is_tried_again_by_the_next_message(tmp_path: Path) -> None:
+    flag = tmp_path / "ready"
+    mod = write_module(
+        tmp_path / "flaky.py",
+        f"""
+        import os
+        def setup(config):
+            if not os.path.exists({str(flag)!r}):
+                raise ConnectionError("not yet")
+        def process_message_by_module(args, message):
+            return 4
+        """,
+    )
+    host, filter_spec = ModuleHost(), spec("flaky", str(mod))
+
+    async def go() -> tuple[str, int]:
+        try:
+            with pytest.raises(FilterError) as first:
+                await host.call(filter_spec, [], MSG, kill=False)
+            flag.touch()
+            return str(first.value), await host.call(filter_spec, [], MSG, kill=False)
+        finally:
+            await host.close()
+
+    error, second = asyncio.run(go())
+    assert error == f"setup of {mod} failed: ConnectionError: not yet" and second == 4
+
+
+LIFECYCLE = """
+import os
+LOG = {log!r}
+VERSION = {version}
+def note(text):
+    with open(LOG, "a") as f:
+        f.write(text + "\\n")
+note("import v%d" % VERSION)
+def setup(config):
+    note("setup %s %s" % (config.filter_name, " ".join(config.args)))
+def process_message_by_module(args, message):
+    return VERSION
+def teardown():
+    note("teardown v%d" % VERSION)
+"""
+
+
+def test_loaded_once_reloaded_when_the_file_changes_unloaded_when_dropped(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    mod = tmp_path / "life.py"
+    mod.write_text(LIFECYCLE.format(log=str(log), version=1))
+    host = ModuleHost()
+    config = parse_config_text(
+        f'[Filter]\ntask_name = life\nmodule_name = "{mod}"\nexec_cmd = "%f x"\n',
+        "/t.conf",
+        parse_command_line([]),
+    )
+    (life,) = config.filters
+
+    async def go() -> list[Any]:
+        results = []
+        host.configure(config.filters)
+        for _ in range(3):
+            results.append(await host.call(life, [], MSG, kill=False))
+        host.configure(config.filters)  # a reload that changes nothing keeps the module
+        results.append(await host.call(life, [], MSG, kill=False))
+        mod.write_text(LIFECYCLE.format(log=str(log), version=2))  # same size, same second
+        host.configure(config.filters)
+        results.append(await host.call(life, [], MSG, kill=False))
+        host.configure(())  # the filter left the configuration
+        await asyncio.sleep(0.2)
+        results.append(list(host.loaded))
+        await host.close()
+        return results
+
+    assert asyncio.run(go()) == [1, 1, 1, 1, 2, []]
+    assert log.read_text().splitlines() == [
+        "import v1",
+        "setup life %f x",
+        "teardown v1",
+        "import v2",
+        "setup life %f x",
+        "teardown v2",
+    ]
+
+
+def test_a_message_of_an_older_configuration_gets_a_one_off_load(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    mod = tmp_path / "life.py"
+    mod.write_text(LIFECYCLE.format(log=str(log), version=1))
+    host, old = ModuleHost(), spec("life", str(mod))
+
+    async def go() -> int:
+        host.configure(())
+        result: int = await host.call(old, [], MSG, kill=False)
+        await host.close()
+        return result
+
+    assert asyncio.run(go()) == 1
+    assert not host.loaded
+    assert log.read_text().splitlines() == ["import v1", "setup life ", "teardown v1"]
+
+
+# --- how calls run ----------------------------------------------------------------------------
+
+
+def test_plain_functions_run_in_pool_threads_and_async_ones_on_the_loop(tmp_path: Path) -> None:
+    for name, prefix in (("sync_mod", "def"), ("async_mod", "async def")):
+        write_module(
+            tmp_path / f"{name}.py",
+            f"""
+            import threading
+            {prefix} process_message_by_module(args, message):
+                return threading.get_ident()
+            """,
+        )
+    host = ModuleHost(threads=2)
+
+    async def go() -> tuple[set[int], int, int]:
+        try:
+            sync = spec("s", str(tmp_path / "sync_mod.py"))
+            asyn = spec("a", str(tmp_path / "async_mod.py"))
+            idents = {await host.call(sync, [], MSG, kill=False) for _ in range(20)}
+            return idents, await host.call(asyn, [], MSG, kill=False), threading.get_ident()
+        finally:
+            await host.close()
+
+    idents, async_ident, loop_ident = asyncio.run(go())
+    assert async_ident == loop_ident
+    assert loop_ident not in idents and 1 <= len(idents) <= 2
+
+
+def test_thread_pool_reuses_a_bounded_number_of_threads() -> None:
+    pool = ThreadPool(3)
+    futures = [pool.submit(time.sleep, 0.05) for _ in range(9)]
+    names = [pool.submit(lambda: threading.current_thread().name) for _ in range(5)]
+    assert [f.result(timeout=5) for f in futures] == [None] * 9
+    assert {f.result(timeout=5) for f in names} <= {"module-1", "module-2", "module-3"}
+    assert pool.threads == 3
+    pool.close()
+
+
+def test_a_hung_plain_function_times_out_and_is_left_in_its_thread(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    mod = write_module(
+        tmp_path / "hang.py",
+        f"""
+        import os, time
+        def process_message_by_module(args, message):
+            deadline = time.monotonic() + 10
+            while not os.path.exists({str(release)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return 0
+        """,
+    )
+    text = f'[Filter]\ntask_name = hang\ntask_timeout = 0.3\nmodule_name = "{mod}"\n'
+    eng = make_engine(tmp_path, text, "-M")
+
+    async def go() -> tuple[Decision, float]:
+        started = time.monotonic()
+        decision = await eng.run(message(tmp_path))
+        seconds = time.monotonic() - started
+        release.touch()
+        await modules.HOST.close()
+        return decision, seconds
+
+    d, seconds = asyncio.run(go())
+    state = eng.registry.get("hang")
+    assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "error:skipped"
+    assert 0.3 <= seconds < 2
+    assert state.last_error == (
+        "timed out after 0.3s; left running in its thread (-M cannot stop a thread), no verdict"
+    )
+    assert (state.timeouts, state.kills) == (1, 0)
+
+
+def test_a_hung_async_function_is_cancelled_with_dash_m_and_left_without(tmp_path: Path) -> None:
+    marker = tmp_path / "finished"
+    mod = write_module(
+        tmp_path / "slow.py",
+        f"""
+        import asyncio, pathlib
+        async def process_message_by_module(args, message):
+            await asyncio.sleep(0.6)
+            pathlib.Path({str(marker)!r}).write_text(args[0])
+            return 1
+        """,
+    )
+    host = ModuleHost()
+    slow = spec("slow", str(mod), timeout=0.2)
+
+    async def go(kill: bool) -> str:
+        try:
+            with pytest.raises(FilterError) as error:
+                await host.call(slow, ["late" if not kill else "cancelled"], MSG, kill=kill)
+            await asyncio.sleep(0.8)
+            return str(error.value)
+        finally:
+            await host.close()
+
+    assert asyncio.run(go(True)) == "timed out after 0.2s and was cancelled"
+    assert not marker.exists()
+    assert asyncio.run(go(False)) == "timed out after 0.2s; left running as a task, no verdict"
+    assert marker.read_text() == "late"
+
+
+# --- C shared libraries -------------------------------------------------------------------------
+
+ECHO_C = """
+#include <stdio.h>
+#include <stdlib.h>
+#include "milter_agent_module.h"
+/* argv[1] is a reply file: write every argument there, return argv[2] as the exit code */
+int process_message_by_module(int argc, char **argv)
+{
+    FILE *reply = fopen(argv[1], "w");
+    for (int i = 0; i < argc; i++)
+        fprintf(reply, "%d=%s\\n", i, argv[i]);
+    fclose(reply);
+    return atoi(argv[2]) + VERSION;
+}
+"""
+
+
+def test_c_module_gets_argc_argv_and_its_result_reads_like_an_exit_code(tmp_path: Path) -> None:
+    lib = compile_c(tmp_path, "echo", "#define VERSION 0\n" + ECHO_C)
+    _, d = run(
+        tmp_path,
+        f"""
+        [Filter]
+        task_name = echo
+        module_name = "{lib}"
+        exec_cmd = "%r 3 %{{queue_id}}"
+        reject_exit_codes = "3"
+        """,
+    )
+    assert d.verdict is Verdict.REJECT and d.reply is not None
+    assert d.reply.lines[0] == f"0={lib}"
+    assert d.reply.lines[2:] == ("2=3", "3=QID42")
+
+
+def test_c_module_is_dlclosed_and_a_new_version_loaded_on_reload(tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    build.mkdir()
+    installed = tmp_path / "echo.so"
+    compile_c(build, "echo", "#define VERSION 10\n" + ECHO_C).rename(installed)
+    reply = tmp_path / "reply"
+    host, echo = ModuleHost(), spec("echo", str(installed))
+
+    async def go() -> list[int]:
+        host.configure([echo])
+        first = await host.call(echo, [str(reply), "1"], MSG, kill=False)
+        compile_c(build, "echo", "#define VERSION 20\n" + ECHO_C).rename(installed)
+        host.configure([echo])
+        second = await host.call(echo, [str(reply), "1"], MSG, kill=False)
+        await host.close()
+        return [first, second]
+
+    assert asyncio.run(go()) == [11, 21]
+    maps = Path("/proc/self/maps").read_text()
+    assert str(installed) not in maps  # dlclose really unmapped every version
+
+
+def test_a_c_library_without_the_function_is_a_filter_error(tmp_path: Path) -> None:
+    lib = compile_c(tmp_path, "empty", "int something_else(void) { return 0; }\n")
+    with pytest.raises(FilterError, match="has no function process_message_by_module"):
+        load_module(str(lib))
+    assert str(lib) not in Path("/proc/self/maps").read_text()
+
+
+def test_make_builds_the_c_sample_and_it_runs(tmp_path: Path) -> None:
+    subprocess.run(
+        ["make", "-s", "-C", str(REPO / "modules"), f"BUILD={tmp_path}"], check=True, timeout=60
+    )
+    lib = tmp_path / "module_dummy.so"
+    spool_file = tmp_path / "m.eml"
+    spool_file.write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    assert call(ModuleHost(), spec("dummy", str(lib)), [str(spool_file)]) == 0
+    assert call(ModuleHost(), spec("dummy", str(lib)), [str(tmp_path / "missing")]) == 75
+
+
+# --- normalising ----------------------------------------------------------------------------------
+
+
+def test_none_is_zero_and_results_become_plain_tuples_and_bytes() -> None:
+    assert normalize_outcome(None) == 0
+    plain = normalize_outcome(
+        ModuleResult(add_headers=[["X-A", "1"]], remove_headers=["B"], new_body="é")  # type: ignore[list-item]
+    )
+    assert plain == ModuleResult(
+        add_headers=(("X-A", "1"),), remove_headers=("B",), new_body="é".encode()
+    )
+    with pytest.raises(FilterError, match="must be a sequence of strings, not one string"):
+        normalize_outcome(ModuleResult(remove_headers="Subject"))

@@ -1,0 +1,287 @@
+"""module_safe_use: modules in worker processes. Crashes, hangs and exceptions stay there, the
+next message works, and with -M a hung worker is killed at its timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from milter_agent.config.model import FilterSpec
+from milter_agent.errors import FilterError
+from milter_agent.filters.module import ModuleHost
+from milter_agent.filters.module_api import ModuleMessage, ModuleResult
+from milter_agent.filters.module_pool import WorkerPool
+
+REPO = Path(__file__).resolve().parents[2]
+MSG = ModuleMessage("a@example.com", ("b@example.com",), (("Subject", "Hi"),), {"i": "Q1"})
+T = TypeVar("T")
+
+CRASH_C = """
+#include <stdlib.h>
+#include <string.h>
+#include "milter_agent_module.h"
+int process_message_by_module(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "abort") == 0)
+        abort();
+    if (argc > 1 && strcmp(argv[1], "null") == 0) {
+        volatile int *nowhere = NULL;
+        return *nowhere;
+    }
+    return argc;
+}
+"""
+
+LOOPING = """
+import os, sys
+from milter_agent.filters.module_api import ModuleResult
+def process_message_by_module(args, message):
+    print("stdout is not the reply channel")
+    os.write(1, b"neither is fd 1\\n")
+    if args and args[0] == "loop":
+        while True:
+            pass
+    if args and args[0] == "raise":
+        raise KeyError("nope")
+    if args and args[0] == "exit":
+        os._exit(9)
+    return ModuleResult(
+        "tempfail", text=f"{os.getpid()} {message.subject} {message.macros['i']}",
+        add_headers=[("X-Worker", str(os.getpid()))], new_body=b"x\\n",
+    )
+"""
+
+
+@pytest.fixture(scope="module")
+def crash_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("c")
+    (directory / "crash.c").write_text(CRASH_C)
+    out = directory / "crash.so"
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            f"-I{REPO / 'include'}",
+            "-o",
+            str(out),
+            str(directory / "crash.c"),
+        ],
+        check=True,
+        timeout=60,
+    )
+    return out
+
+
+def safe(name: str, module: str, timeout: float = 10.0, instances: int = 0) -> FilterSpec:
+    return FilterSpec(
+        name=name,
+        argv=(),
+        module_name=module,
+        module_safe_use=True,
+        timeout=timeout,
+        single_instance=instances,
+    )
+
+
+def with_host(scenario: Callable[[ModuleHost], Awaitable[T]]) -> T:
+    async def go() -> T:
+        host = ModuleHost()
+        try:
+            return await scenario(host)
+        finally:
+            await host.close()
+
+    return asyncio.run(go())
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def worker_pids(host: ModuleHost, name: str) -> list[int]:
+    pool = host.loaded[name]
+    assert isinstance(pool, WorkerPool)
+    return pool.pids
+
+
+@pytest.mark.parametrize(("word", "signal_name"), [("abort", "SIGABRT"), ("null", "SIGSEGV")])
+def test_a_crashing_c_module_fails_one_message_and_the_next_works(
+    crash_so: Path, word: str, signal_name: str
+) -> None:
+    spec = safe("crash", str(crash_so))
+
+    async def scenario(host: ModuleHost) -> tuple[int, str, int, int]:
+        first = await host.call(spec, ["x"], MSG, kill=False)
+        (old,) = worker_pids(host, "crash")
+        with pytest.raises(FilterError) as crash:
+            await host.call(spec, [word], MSG, kill=False)
+        after = await host.call(spec, ["x", "y"], MSG, kill=False)
+        (new,) = worker_pids(host, "crash")
+        assert new != old and not alive(old)
+        return first, str(crash.value), after, os.getpid()
+
+    first, error, after, pid = with_host(scenario)
+    assert (first, after) == (2, 3)
+    assert error.startswith("module worker ") and error.endswith(f"died: killed by {signal_name}")
+    assert pid == os.getpid()  # the daemon (this process) is still here
+
+
+def test_a_hung_worker_is_killed_at_the_timeout_with_dash_m(tmp_path: Path) -> None:
+    mod = tmp_path / "looping.py"
+    mod.write_text(LOOPING)
+    spec = safe("loop", str(mod), timeout=1.0)
+
+    async def scenario(host: ModuleHost) -> tuple[str, float, int, Any]:
+        await host.call(spec, [], MSG, kill=True)  # a worker is up and loaded
+        (hung,) = worker_pids(host, "loop")
+        started = time.monotonic()
+        with pytest.raises(FilterError) as error:
+            await host.call(spec, ["loop"], MSG, kill=True)
+        seconds = time.monotonic() - started
+        for _ in range(100):  # SIGKILL was sent; the exit is prompt
+            if not alive(hung):
+                break
+            await asyncio.sleep(0.01)
+        assert not alive(hung)
+        return str(error.value), seconds, hung, await host.call(spec, [], MSG, kill=True)
+
+    error, seconds, hung, after = with_host(scenario)
+    assert error == f"timed out after 1s; worker {hung} killed"
+    assert 1.0 <= seconds < 3
+    assert isinstance(after, ModuleResult) and after.verdict == "tempfail"
+    assert not after.text.startswith(f"{hung} ")
+
+
+def test_without_dash_m_a_hung_worker_is_left_and_killed_at_shutdown(tmp_path: Path) -> None:
+    mod = tmp_path / "looping.py"
+    mod.write_text(LOOPING)
+    spec = safe("loop", str(mod), timeout=0.5)
+    host = ModuleHost()
+
+    async def scenario() -> tuple[str, int]:
+        await host.call(spec, [], MSG, kill=False)
+        (hung,) = worker_pids(host, "loop")
+        with pytest.raises(FilterError) as error:
+            await host.call(spec, ["loop"], MSG, kill=False)
+        await asyncio.sleep(0.3)
+        assert alive(hung)
+        await host.close()
+        return str(error.value), hung
+
+    error, hung = asyncio.run(scenario())
+    assert error == f"timed out after 0.5s; worker {hung} left running, no verdict"
+    assert not alive(hung)
+
+
+def test_results_exceptions_and_exits_in_a_worker(tmp_path: Path) -> None:
+    mod = tmp_path / "looping.py"
+    mod.write_text(LOOPING)
+    spec = safe("w", str(mod))
+
+    async def scenario(host: ModuleHost) -> list[Any]:
+        results: list[Any] = [await host.call(spec, [], MSG, kill=False)]
+        with pytest.raises(FilterError) as raised:
+            await host.call(spec, ["raise"], MSG, kill=False)
+        results.append(str(raised.value))
+        results.append(worker_pids(host, "w"))
+        with pytest.raises(FilterError) as exited:
+            await host.call(spec, ["exit"], MSG, kill=False)
+        results.append(str(exited.value))
+        return results
+
+    result, raised, pids, exited = with_host(scenario)
+    worker = int(result.text.split()[0])
+    assert result == ModuleResult(
+        "tempfail",
+        text=f"{worker} Hi Q1",
+        add_headers=(("X-Worker", str(worker)),),
+        new_body=b"x\n",
+    )
+    assert worker != os.getpid() and raised == "KeyError: 'nope'"
+    assert pids == [worker]  # an exception does not cost the worker
+    assert exited == f"module worker {worker} died: exit status 9"
+
+
+def test_a_module_that_cannot_load_in_a_worker_is_a_filter_error(tmp_path: Path) -> None:
+    mod = tmp_path / "broken.py"
+    mod.write_text("def other(args, message):\n    return 0\n")
+
+    async def scenario(host: ModuleHost) -> str:
+        with pytest.raises(FilterError) as error:
+            await host.call(safe("b", str(mod)), [], MSG, kill=False)
+        assert worker_pids(host, "b") == []
+        return str(error.value)
+
+    assert with_host(scenario) == f"module {mod} has no function process_message_by_module"
+
+
+def test_workers_are_reused_bounded_and_stopped_with_teardown_on_reload(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    mod = tmp_path / "slow.py"
+    mod.write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            def note(text):
+                with open({str(log)!r}, "a") as f:
+                    f.write(text + "\\n")
+            def setup(config):
+                note("setup %d" % os.getpid())
+            def process_message_by_module(args, message):
+                time.sleep(0.05)
+                return os.getpid() % 200 + 1
+            def teardown():
+                note("teardown %d" % os.getpid())
+            """
+        )
+    )
+    spec = safe("slow", str(mod), instances=2)
+
+    async def scenario(host: ModuleHost) -> tuple[set[int], list[int]]:
+        host.configure([spec])
+        await asyncio.gather(*(host.call(spec, [], MSG, kill=False) for _ in range(6)))
+        pids = set(worker_pids(host, "slow"))
+        host.configure([])
+        for _ in range(300):
+            if not any(alive(pid) for pid in pids):
+                break
+            await asyncio.sleep(0.01)
+        return pids, [pid for pid in pids if alive(pid)]
+
+    pids, still_alive = with_host(scenario)
+    assert len(pids) == 2 and still_alive == []
+    lines = sorted(log.read_text().splitlines())
+    assert lines == sorted([f"setup {pid}" for pid in pids] + [f"teardown {pid}" for pid in pids])
+
+
+def test_a_worker_that_died_while_idle_is_replaced_before_the_next_message(
+    crash_so: Path,
+) -> None:
+    spec = safe("idle", str(crash_so))
+
+    async def scenario(host: ModuleHost) -> tuple[int, int, list[int]]:
+        await host.call(spec, ["x"], MSG, kill=False)
+        (old,) = worker_pids(host, "idle")
+        os.kill(old, signal.SIGKILL)
+        for _ in range(100):
+            if not alive(old):
+                break
+            await asyncio.sleep(0.01)
+        return old, await host.call(spec, ["x", "y"], MSG, kill=False), worker_pids(host, "idle")
+
+    old, result, pids = with_host(scenario)
+    assert result == 3 and len(pids) == 1 and pids != [old]
