@@ -1,6 +1,7 @@
 # milter-agent — the two commands: `make run` and `make test`.
 # Works on a fresh Debian 12 machine as root: creates .venv, installs, and installs the Debian
-# packages the tests need (postfix, miltertest) only when they are missing.
+# packages the tests need (postfix, miltertest; sendmail unpacked privately, never installed)
+# only when they are missing.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -30,6 +31,7 @@ run: $(STAMP)
 
 system-deps:
 	@scripts/ensure-postfix.sh
+	@scripts/ensure-sendmail.sh >/dev/null
 
 ## test: lint, type-check and the whole suite (unit, conformance, real Postfix end-to-end)
 test: $(STAMP) system-deps lint
