@@ -83,7 +83,3 @@ class Message:
     @property
     def subject(self) -> str:
         return self.header("Subject") or ""
-
-    def header_count(self, name: str) -> int:
-        lname = name.lower()
-        return sum(1 for hname, _ in self.headers if hname.lower() == lname)

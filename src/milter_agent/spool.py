@@ -57,8 +57,7 @@ class Spool:
 
     def create_empty(self, suffix: str) -> Path:
         """A fresh empty 0600 file for a filter to write into (``%r``, ``%n``, ``%h``)."""
-        path = self._open_exclusive(suffix)
-        return path
+        return self._open_exclusive(suffix)
 
     def _open_exclusive(self, suffix: str) -> Path:
         for _ in range(5):
