@@ -78,7 +78,9 @@ class Engine:
         return refused
 
     def _address(self, rule: AddressRule, work: MessageWork, decision: Decision) -> None:
-        done = apply_address_rule(rule, work, variable_values(work), self._refusal(rule.name))
+        done = apply_address_rule(
+            rule, work, lambda: variable_values(work), self._refusal(rule.name)
+        )
         if done:
             state = self.registry.get(rule.name)
             state.record_run("matched", 0.0)

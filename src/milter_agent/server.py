@@ -39,6 +39,10 @@ def remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
+class _StalledWrite(TimeoutError):
+    """The MTA stopped reading our answers for longer than the I/O timeout."""
+
+
 class MilterServer:
     def __init__(
         self,
@@ -126,6 +130,9 @@ class MilterServer:
             self._tempfail_pending(session, writer)
         except ProtocolError as exc:
             log.warning("%s: protocol error: %s; closing the connection", session.name, exc)
+        except _StalledWrite:
+            log.info("%s: the MTA read nothing for %ss; closing", session.name, self.io_timeout)
+            writer.transport.abort()  # close() would wait for the unread data forever
         except TimeoutError:
             log.info("%s: no data from the MTA for %ss; closing", session.name, self.io_timeout)
         except (ConnectionError, BrokenPipeError) as exc:
@@ -154,13 +161,24 @@ class MilterServer:
                 if isinstance(response, p.Progress) or len(out) >= _FLUSH_AT:
                     writer.write(out)
                     out.clear()
-                    await writer.drain()
+                    await self._drain(writer)
             if out:
                 writer.write(out)
                 out.clear()
-                await writer.drain()
+                await self._drain(writer)
             if conn.phase is p.Phase.CLOSED:
                 return
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until the MTA has taken our output, at most ``io_timeout`` (if set)."""
+        if self.io_timeout <= 0:
+            await writer.drain()
+            return
+        try:
+            async with asyncio.timeout(self.io_timeout):
+                await writer.drain()
+        except TimeoutError:
+            raise _StalledWrite from None
 
     async def _read(self, reader: asyncio.StreamReader) -> bytes:
         if self.io_timeout > 0:

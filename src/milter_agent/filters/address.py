@@ -8,7 +8,7 @@ rule sees are the ones left by the sections before it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from milter_agent.config.model import AddressRule
 from milter_agent.work import MessageWork, Refusal
@@ -17,10 +17,13 @@ from milter_agent.work import MessageWork, Refusal
 def apply_address_rule(
     rule: AddressRule,
     work: MessageWork,
-    values: Mapping[str, str | Sequence[str]],
+    values: Callable[[], Mapping[str, str | Sequence[str]]],
     refused: Refusal,
 ) -> list[str]:
-    """Apply ``rule`` to ``work``; return what it changed, for the log (empty: did not apply)."""
+    """Apply ``rule`` to ``work``; return what it changed, for the log (empty: did not apply).
+
+    ``values`` gives the variables for header values; it is called only if a header is written.
+    """
     sender = work.message.sender_address
     recipients = work.recipient_addresses
     if not rule.applies(sender, recipients):
@@ -36,12 +39,14 @@ def apply_address_rule(
     for rcpt in rule.add_recipient:
         if work.add_recipient(rcpt, refused):
             done.append(f"+{rcpt}")
-    for header in rule.add_headers:
-        if work.add_header(header.name, header.render(values), refused):
-            done.append(f"+h:{header.name}")
-    for header in rule.change_headers:
-        if work.change_header(header.name, header.render(values), refused):
-            done.append(f"~h:{header.name}")
+    if rule.add_headers or rule.change_headers:
+        variables = values()
+        for header in rule.add_headers:
+            if work.add_header(header.name, header.render(variables), refused):
+                done.append(f"+h:{header.name}")
+        for header in rule.change_headers:
+            if work.change_header(header.name, header.render(variables), refused):
+                done.append(f"~h:{header.name}")
     for name in rule.remove_headers:
         if work.remove_header(name, refused):
             done.append(f"-h:{name}")
