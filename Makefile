@@ -36,19 +36,21 @@ system-deps:
 ## test: lint, type-check and the whole suite (unit, conformance, real Postfix end-to-end)
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) bench/run.py --quick
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests bench tools
+	$(VENV)/bin/ruff format --check src tests bench tools
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests bench tools
+	$(VENV)/bin/ruff check --fix src tests bench tools
 
-bench: $(STAMP) system-deps
-	@echo "make bench: the benchmark (bench/) is not written yet; see docs/performance.md" >&2
-	@exit 1
+## bench: measure the daemon side by side (writes bench/results/; UPDATE_DOCS=1 also
+## refreshes docs/performance.md)
+bench: $(STAMP)
+	$(PY) bench/run.py $(if $(UPDATE_DOCS),--update-docs)
 
 ## man: regenerate man/ from the Markdown docs (a test checks they are in step)
 man: $(STAMP)
