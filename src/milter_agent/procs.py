@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger("milter_agent.procs")
@@ -101,6 +101,7 @@ async def run_program(
     kill: bool = False,
     kill_grace: float = 5.0,
     output_limit: int = OUTPUT_LIMIT,
+    on_exit: Callable[[], None] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion or timeout; see the module docstring for the rules."""
     global _spawning  # noqa: PLW0603 - one counter for the whole daemon
@@ -145,10 +146,10 @@ async def run_program(
                 killed = True
                 await _terminate(proc, kill_grace)
             else:
-                _reap_later(proc)
+                _reap_later(proc, on_exit)
         await _close_pipes(readers, proc)
     except asyncio.CancelledError:
-        _abandon(proc, readers, kill, kill_grace)
+        _abandon(proc, readers, kill, kill_grace, on_exit)
         raise
     if proc.returncode is not None:
         _children.discard(proc.pid)
@@ -190,10 +191,17 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
     _killpg(proc.pid, signal.SIGKILL)
 
 
-def _reap_later(proc: asyncio.subprocess.Process) -> None:
+def _reap_later(
+    proc: asyncio.subprocess.Process, on_exit: Callable[[], None] | None = None
+) -> None:
+    """A program left running: reap it when it ends, then run ``on_exit`` (its owner is gone;
+    e.g. remove files the program may have written after its message was done)."""
+
     async def wait() -> None:
         await proc.wait()
         _children.discard(proc.pid)
+        if on_exit is not None:
+            on_exit()
         log.info(
             "program %d left running after its timeout has now exited (%s)",
             proc.pid,
@@ -210,6 +218,7 @@ def _abandon(
     readers: Sequence[asyncio.Future[None]],
     kill: bool,
     grace: float,
+    on_exit: Callable[[], None] | None = None,
 ) -> None:
     """Nobody waits for the verdict any more (the MTA hung up, the daemon stops): end the
     program now if we may kill it, else leave it running as after a timeout; either way reap
@@ -232,6 +241,8 @@ def _abandon(
         finally:
             if proc.returncode is not None:
                 _children.discard(proc.pid)
+                if on_exit is not None:
+                    on_exit()
 
     task = asyncio.ensure_future(finish())
     _background.add(task)

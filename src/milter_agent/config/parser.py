@@ -180,7 +180,10 @@ def read_config_file(path: str, *, lock: bool) -> tuple[bytes, FileStamp]:
     """The file's bytes and its stamp, taken before reading: if a writer changes the file while
     we read, the stamp is older than the file and the next check reloads it."""
     try:
-        with open(path, "rb") as file:
+        # O_NONBLOCK: a FIFO put in the file's place must not hang the daemon in open();
+        # anything but a regular file is refused right after.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as file:
             if lock:
                 _lock_shared(file.fileno(), path)
             info = os.fstat(file.fileno())

@@ -85,15 +85,18 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
-            if not self.allowed(pid, uid, gid):
-                log.warning("control socket: refused pid %d uid %d gid %d", pid, uid, gid)
-                writer.write(protocol.encode({"ok": False, "error": "permission denied"}))
-                return
+            # read the request (bounded) even from a refused peer, so that it gets our answer
+            # rather than a connection reset
             async with asyncio.timeout(_TIMEOUT):
                 line = await reader.readline()
-            writer.write(protocol.encode(self.answer(line)))
+            if self.allowed(pid, uid, gid):
+                answer = self.answer(line)
+            else:
+                log.warning("control socket: refused pid %d uid %d gid %d", pid, uid, gid)
+                answer = {"ok": False, "error": "permission denied"}
+            writer.write(protocol.encode(answer))
             await writer.drain()
-        except (TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError, ValueError) as exc:  # ValueError: line too long
             log.info("control socket: client went away: %s", exc)
         finally:
             writer.close()

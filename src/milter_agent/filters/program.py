@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from milter_agent import procs, variables
@@ -73,6 +73,7 @@ async def run_program_filter(
                 timeout=spec.timeout,
                 kill=settings.allow_kill_program,
                 kill_grace=settings.kill_grace,
+                on_exit=lambda: _remove(files.values()),
             )
     except TimeoutError:
         state.timeouts += 1
@@ -114,6 +115,13 @@ def _interpret(
     for problem in problems:
         log.warning("filter %s: header file %s", spec.name, problem)
     return outcome
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    """Remove a left-running program's files again once it ends (it may have written them
+    after its message was done and they were removed)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _note(result: procs.ProcessResult) -> str:

@@ -42,9 +42,16 @@ def read_text(path: Path | None) -> str:
         return f.read(MAX_TEXT).decode("utf-8", "surrogateescape")
 
 
+def lines_of(text: str) -> list[str]:
+    """Lines split at LF only (one CR before it dropped). ``str.splitlines`` would also break
+    at form feed, NEL, U+2028 and the like, so message data a filter echoes into its output
+    could start a header of its own; those stay inside the line and are blanked later."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def text_lines(text: str) -> tuple[str, ...]:
     """Reply lines from free text: sanitised, blank lines dropped, at most 32."""
-    lines = (sanitize_line(line) for line in text.splitlines())
+    lines = (sanitize_line(line) for line in lines_of(text))
     return tuple(line for line in lines if line)[:MAX_REPLY_LINES]
 
 
@@ -52,7 +59,8 @@ def parse_header_lines(text: str) -> tuple[list[tuple[str, str]], list[str]]:
     """``Name: value`` lines (continuations start with white space) -> headers, problems."""
     headers: list[tuple[str, str]] = []
     problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(lines_of(text), 1):
+        line = _CONTROLS.sub(" ", raw)
         if not line.strip():
             continue
         if line[0] in " \t" and headers:
@@ -68,6 +76,7 @@ def parse_header_lines(text: str) -> tuple[list[tuple[str, str]], list[str]]:
     return [(n, v[:MAX_HEADER_VALUE]) for n, v in headers], problems
 
 
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _CODE = re.compile(r"\s*([45]\d\d)(?:\s+([45]\.\d{1,3}\.\d{1,3}))?\s*$")
 
 
