@@ -52,6 +52,12 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py $(if $(UPDATE_DOCS),--update-docs)
 
+## soak: 100,000 messages through Postfix with injected faults, then a long fuzz run (not CI)
+soak: $(STAMP) system-deps
+	$(PY) tests/soak/soak.py --messages $(or $(SOAK_MESSAGES),100000) --progress 10000
+	MA_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),10000) $(PY) -m pytest -q -p no:cacheprovider \
+		--timeout=0 tests/faults/test_fuzz_session.py
+
 ## man: regenerate man/ from the Markdown docs (a test checks they are in step)
 man: $(STAMP)
 	$(PY) tools/manpages.py man

@@ -183,7 +183,12 @@ def read_config_file(path: str, *, lock: bool) -> tuple[bytes, FileStamp]:
         # O_NONBLOCK: a FIFO put in the file's place must not hang the daemon in open();
         # anything but a regular file is refused right after.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as file:
+        try:
+            file = open(fd, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError:
+            os.close(fd)  # a directory in the file's place: open(fd) refuses it
+            raise
+        with file:
             if lock:
                 _lock_shared(file.fileno(), path)
             info = os.fstat(file.fileno())

@@ -1,0 +1,307 @@
+"""Injection: message data never becomes code, file names or protocol structure.
+
+- Senders, recipients, the subject, HELO, client name and address, macros carrying shell
+  metacharacters, ``$(...)``, backticks, ``%`` sequences, ``../``, newlines and 8-bit bytes reach
+  the program as single, inert arguments and environment values, byte for byte.
+- Spool and result file names are random hex, never derived from message data.
+- Reply texts and header values a filter hands back are stripped of CR/LF/NUL and bounded before
+  they go to the MTA.
+A direct protocol client plays the MTA so that every field can carry what Postfix would refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from faults.faultkit import (
+    MilterClient,
+    Packet,
+    answers,
+    baseline,
+    message_commands,
+    settle,
+    write_script,
+)
+from milter_agent import protocol as p
+from support.daemon import MilterAgentDaemon
+from support.postfix import PostfixInstance
+from support.sink import SmtpSink
+from support.smtp import build_message, send_message
+
+Agent = Callable[..., MilterAgentDaemon]
+
+DUMP = """
+import json, os, sys
+out, message = sys.argv[1], sys.argv[2]
+with open(out, "w") as f:
+    json.dump({
+        "argv": [os.fsencode(a).hex() for a in sys.argv[2:]],
+        "env": {k.decode(): v.hex() for k, v in os.environb.items()},
+        "cwd": os.getcwd(),
+        "files": sorted(os.listdir(".")),
+        "message": open(message, "rb").read().hex(),
+    }, f)
+"""
+
+SPOOL_NAME = re.compile(r"[0-9a-f]{16}\.(msg|reply|body|hdr)")
+
+
+def hostile(marker: Path) -> list[str]:
+    """Values that would do harm if anything evaluated them; all free of NUL (the protocol's
+    string terminator) and of leading/trailing blanks (addresses are trimmed)."""
+    return [
+        f"x;touch {marker}",
+        f"$(touch {marker})",
+        f"`touch {marker}`",
+        f"|touch {marker}&&touch {marker}>{marker}",
+        "'\"\\ * ? ~root [a] {a,b} !! #",
+        "../../../../etc/passwd",
+        "%f %s %{sender} %% %n %h %0 %{macro:j}",
+        "-rf --help",
+        "a\nb\r\nc\td",
+        "\x1b[31m\x07\x7f",
+        "Gr\u00fc\u00dfe \u2028 \udcff\udcfe raw 8-bit",
+    ]
+
+
+def expected_argv(values: dict[str, object]) -> list[bytes]:
+    def b(s: object) -> bytes:
+        return str(s).encode("utf-8", "surrogateescape")
+
+    rcpts = values["recipients"]
+    assert isinstance(rcpts, list)
+    return [
+        b(values["sender"]),
+        *(b(r) for r in rcpts),
+        b(values["subject"]),
+        b(values["helo"]),
+        b(values["client_name"]),
+        b(values["client_addr"]),
+        b(values["queue_id"]),
+        b(values["j"]),
+        b(f"pre-{values['sender']}-post"),
+    ]
+
+
+def test_hostile_values_reach_the_program_as_inert_single_arguments(
+    tmp_path: Path, milter_agent: Agent
+) -> None:
+    marker = tmp_path / "pwned"
+    dump = write_script(tmp_path / "dump.py", DUMP)
+    out = tmp_path / "seen.json"
+    agent = milter_agent(
+        f"""
+[Filter]
+task_name = dump
+exec_cmd = "{sys.executable} {dump} {out} %f %s %{{recipients}} %{{subject}} %{{helo}} %{{client_name}} %{{client_addr}} %{{queue_id}} %{{macro:j}} pre-%s-post %r %n %h"
+""",
+        extra_args=["-HB"],
+    )
+    answers(agent, lambda got: got == [(b"c", b"")])
+    base = baseline(agent)
+    values = hostile(marker)
+    # over-long, yet within one argument's 128 KiB (MAX_ARG_STRLEN), and all of them together
+    # (about 15 copies in argv and environment) within ARG_MAX
+    long_value = "L" * 60_000
+    for i, evil in enumerate([*values, long_value]):
+        sender = f"{evil}@example.org"
+        rcpts = [f"{evil}{n}@example.net" for n in range(2)]
+        subject = f"{evil} and more"
+        with MilterClient(agent.socket_spec) as mta:
+            assert mta.command(p.OptNeg(6, p.Action(0x1FF), p.ProtocolFlag(0x1FFFFF)))
+            mta.command(p.Macro(b"C", {"j": evil}))
+            assert mta.command(p.Connect(evil, "4", 25, evil)) == [(b"c", b"")]
+            assert mta.command(p.Helo(evil)) == [(b"c", b"")]
+            commands = message_commands(
+                sender=f"<{sender}>",
+                recipients=[f"<{r}>" for r in rcpts],
+                subject=subject,
+                headers=[("X-Evil", " " + evil)],
+                body=evil.encode("utf-8", "surrogateescape") + b"\r\n",
+                queue_id=evil,
+            )
+            assert mta.message(commands) == [(b"c", b"")], evil
+        seen = json.loads(out.read_text())
+        argv = [bytes.fromhex(a) for a in seen["argv"]]
+        message_file, *rest = argv[:-3]
+        result_files = argv[-3:]
+        # the subject as a person reads it: folding removed, outer blanks trimmed
+        subject_text = re.sub(r"\r?\n[ \t]*", " ", subject).strip()
+        assert rest == expected_argv(
+            {
+                "sender": sender,
+                "recipients": rcpts,
+                "subject": subject_text,
+                "helo": evil,
+                "client_name": evil,
+                "client_addr": evil,
+                "queue_id": evil,
+                "j": evil,
+            }
+        ), (i, evil)
+        env = {k: bytes.fromhex(v) for k, v in seen["env"].items()}
+        assert env["MILTER_SENDER"] == sender.encode("utf-8", "surrogateescape")
+        assert env["MILTER_SUBJECT"] == subject_text.encode("utf-8", "surrogateescape")
+        assert env["MILTER_QUEUE_ID"] == evil.encode("utf-8", "surrogateescape")
+        # file names: random hex in the private spool, whatever the message says
+        assert seen["cwd"] == str(agent.spool_dir / "messages")
+        for path in (message_file, *result_files):
+            assert Path(path.decode()).parent == agent.spool_dir / "messages"
+            assert SPOOL_NAME.fullmatch(Path(path.decode()).name), path
+        assert all(SPOOL_NAME.fullmatch(name) for name in seen["files"]), seen["files"]
+
+        # the spooled message holds the data as data, byte for byte (line ends as CRLF)
+        def line(name: str, raw: str) -> bytes:
+            value = re.sub(rb"\r?\n", b"\r\n", raw.encode("utf-8", "surrogateescape"))
+            return name.encode() + b":" + value + b"\r\n"
+
+        assert bytes.fromhex(seen["message"]) == (
+            line("From", f" <{sender}>")
+            + line("Subject", f" {subject}")
+            + line("X-Evil", f" {evil}")
+            + b"\r\n"
+            + evil.encode("utf-8", "surrogateescape")
+            + b"\r\n"
+        ), (i, evil)
+        assert not marker.exists()
+        settle(agent, base)
+    assert "Traceback" not in agent.log_text()
+
+
+def test_a_value_too_long_for_an_argument_is_a_filter_error_not_a_silent_pass(
+    tmp_path: Path, milter_agent: Agent
+) -> None:
+    """Over 128 KiB in one argument (or environment string) the kernel refuses to start the
+    program (E2BIG). Postfix's header_size_limit (100 KiB) keeps a Subject below that, but a
+    different MTA might not: the message must still get a definite answer (-E: tempfail)."""
+    agent = milter_agent(
+        '[Filter]\ntask_name = subj\nexec_cmd = "/bin/true %{subject}"\n', extra_args=["-E"]
+    )
+    with MilterClient(agent.socket_spec) as mta:
+        mta.handshake()
+        assert mta.message(message_commands(subject="S" * 200_000)) == [(b"t", b"")]
+    assert "cannot run '/bin/true': Argument list too long" in agent.log_text()
+    answers(agent, lambda got: got == [(b"c", b"")])
+
+
+HOSTILE_REPLY = (
+    "first line\rsecond after a bare CR\r\n550 5.0.0 a fake second reply\n"
+    "nul\0byte and \x1b[2J escape and \x7f\n"
+    + "\n".join(f"line {i} with %s %d %% and 100%" for i in range(40))
+    + "\n"
+    + "X" * 5000
+    + "\n"
+)
+
+HOSTILE_HEADERS = (
+    "X-A: first\rX-Smuggled-By-CR: evil\n"
+    "X-B: " + "b" * 10_000 + "\n"  # cut to 8 KiB (and the file is read up to 16 KiB)
+    "X-C: nul\0inside\n"
+    "X-D: folded\n\tcontinued\n"
+    "X-E: bare\n\n\nafter blank lines\n"
+    "Not a header line\n"
+    "X-F:\n"
+    "Bad Name: x\n"
+)
+
+
+def reply_filter(tmp_path: Path, exit_code: int) -> str:
+    reply = tmp_path / "reply.txt"
+    reply.write_text(HOSTILE_REPLY)
+    headers = tmp_path / "headers.txt"
+    headers.write_text(HOSTILE_HEADERS)
+    script = write_script(
+        tmp_path / "answer.sh",
+        f'#!/bin/sh\ncat {reply} > "$1"\ncat {headers} > "$2"\nexit {exit_code}\n',
+    )
+    return f"""
+[Filter]
+task_name = answer
+reject_exit_codes = "1"
+exec_cmd = "{script} %r %h"
+"""
+
+
+def assert_header_packet_is_clean(packet: Packet) -> None:
+    kind, payload = packet
+    if kind == b"m":
+        payload = payload[4:]
+    name, value, rest = payload.split(b"\0")
+    assert rest == b""
+    assert re.fullmatch(rb"[!-9;-~]+", name), name
+    assert b"\r" not in value
+    for continuation in value.split(b"\n")[1:]:
+        assert continuation[:1] in (b" ", b"\t"), value  # folding only, never a new header
+    assert len(value) <= 8 * 1024 + 64
+
+
+def test_reply_text_from_a_filter_is_clean_and_bounded(tmp_path: Path, milter_agent: Agent) -> None:
+    agent = milter_agent(reply_filter(tmp_path, 1), extra_args=["-HG"])
+    with MilterClient(agent.socket_spec) as mta:
+        mta.handshake()
+        ((kind, payload),) = mta.message()
+    assert kind == b"y"
+    text = payload.rstrip(b"\0")
+    assert b"\0" not in text
+    lines = text.split(b"\r\n")
+    assert 1 <= len(lines) <= 32
+    for i, line in enumerate(lines):
+        assert b"\r" not in line and b"\n" not in line
+        assert line.startswith(b"550 5.7.1 " if i == len(lines) - 1 else b"550-5.7.1 "), line
+        assert len(line) <= 980, len(line)
+        assert all(len(run) % 2 == 0 for run in re.findall(rb"%+", line)), line
+        assert not re.search(rb"[\x00-\x08\x0a-\x1f]", line), line
+    # a bare CR is no line break (only LF is): it becomes a blank inside the line
+    assert lines[0] == b"550-5.7.1 first line second after a bare CR"
+    # a line that looks like a reply of its own is only text inside ours
+    assert b"550-5.7.1 550 5.0.0 a fake second reply" in lines
+
+
+def test_header_values_from_a_filter_are_clean_and_bounded(
+    tmp_path: Path, milter_agent: Agent
+) -> None:
+    agent = milter_agent(reply_filter(tmp_path, 0), extra_args=["-HG"])
+    with MilterClient(agent.socket_spec) as mta:
+        mta.handshake()
+        got = mta.message(message_commands(headers=[("X-A", " original")]))
+    assert got[-1] == (b"c", b"")
+    actions = got[:-1]
+    assert actions and all(kind in (b"h", b"m") for kind, _ in actions), got
+    for packet in actions:
+        assert_header_packet_is_clean(packet)
+    names = [
+        payload.split(b"\0")[0] if kind == b"h" else payload[4:].split(b"\0")[0]
+        for kind, payload in actions
+    ]
+    assert b"Bad Name" not in names and b"Not a header line" not in names
+    assert b"X-Smuggled-By-CR" not in names  # a bare CR inside a line does not end it
+    log = agent.log_text()
+    assert "not a 'Name: value' header line" in log
+
+
+def test_message_data_echoed_by_a_filter_never_becomes_a_header_of_its_own(
+    tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
+) -> None:
+    echo = write_script(
+        tmp_path / "echo.sh",
+        '#!/bin/sh\nprintf \'X-Seen-Subject: %s\\n\' "$MILTER_SUBJECT" > "$1"\n',
+    )
+    agent = milter_agent(f'[Filter]\ntask_name = echo\nexec_cmd = "{echo} %h"\n', extra_args=["-H"])
+    postfix.set_milter(agent.postfix_spec)
+    # Form feed, VT and FS are 7-bit and passed on by Postfix; NEL and U+2028 arrive as UTF-8.
+    separators = ["\x0c", "\x0b", "\x1c", "\r", "\x85", "\u2028", "\u2029"]
+    for n, separator in enumerate(separators):
+        subject = f"hello {n}{separator}X-Spam-Flag: NO"
+        result = send_message(
+            postfix.address, "a@example.org", ["b@example.net"], build_message(subject=subject)
+        )
+        assert result.accepted, result
+    messages = sink.wait_for(len(separators))
+    for msg in messages:
+        assert msg.header_values("X-Spam-Flag") == [], msg.data[:400]
+        (seen,) = msg.header_values("X-Seen-Subject")
+        assert "X-Spam-Flag: NO" in seen  # still there, as text inside the one header
