@@ -6,7 +6,10 @@ Rules of the chain (the seed's, with the decisions in docs/configuration.md):
 - A filter error (cannot start, signal, timeout) is counted; at the threshold (-m or the
   filter's error_threshold) the filter is switched off with a warning. With -E the message is
   tempfailed; otherwise the filter is skipped and the chain goes on.
-- A filter in monitor mode runs and is counted, but its verdict and changes are not applied.
+- A filter in monitor mode runs and is counted, but its verdict and changes are not applied:
+  what it would have done is logged and counted as ``monitor:VERDICT``. Its errors are logged
+  and counted (``monitor:error``, and toward the threshold) but never decide the message, even
+  with -E.
 - Changes are applied to the working copy as they come, so later sections see them, and sent as
   milter actions at the end only if the message is delivered (continue or accept).
 """
@@ -99,28 +102,23 @@ class Engine:
         try:
             reason = self._skip_reason(spec, work)
             if reason is not None:
-                state.skipped += 1
-                decision.steps.append(StepResult(spec.name, f"skipped:{reason}"))
-                if reason == "max_message_size":
-                    log.info(
-                        "%s: filter %s skipped: %d bytes is over max_message_size",
-                        work.message.queue_id or "NOQUEUE",
-                        spec.name,
-                        work.message.size,
-                    )
+                self._skipped(spec, state, reason, work, decision)
                 return Verdict.CONTINUE, None
             result = await self._execute(spec, work, state)
         except FilterError as exc:
-            seconds = time.monotonic() - started
-            return self._failed(spec, state, str(exc), seconds, decision)
+            return self._failed(spec, state, str(exc), time.monotonic() - started, decision)
+        except Exception as exc:
+            if spec.mode != "monitor":
+                raise  # the session answers with default_action
+            # Whatever goes wrong inside a monitor filter must not decide the message.
+            log.exception("filter %s (monitor) failed", spec.name)
+            reason = f"internal error: {exc!r}"
+            return self._failed(spec, state, reason, time.monotonic() - started, decision)
         seconds = time.monotonic() - started
-        state.record_run(result.verdict, seconds)
         if spec.mode == "monitor":
-            log.info("%s: monitor: would %s %s", work.message.queue_id, result.verdict, spec.name)
-            decision.steps.append(StepResult(spec.name, f"monitor:{result.verdict}", seconds))
-            if result.new_body is not None:
-                result.new_body.unlink(missing_ok=True)
+            self._monitored(spec, result, work, seconds, decision)
             return Verdict.CONTINUE, None
+        state.record_run(result.verdict, seconds)
         decision.steps.append(StepResult(spec.name, result.verdict, seconds, result.note))
         verdict = Verdict(result.verdict)
         if verdict in (Verdict.CONTINUE, Verdict.ACCEPT):
@@ -128,6 +126,49 @@ class Engine:
         elif result.new_body is not None:
             result.new_body.unlink(missing_ok=True)
         return verdict, make_reply(spec, result.verdict, result.text, result.reply_code)
+
+    def _skipped(
+        self,
+        spec: FilterSpec,
+        state: FilterState,
+        reason: str,
+        work: MessageWork,
+        decision: Decision,
+    ) -> None:
+        state.skipped += 1
+        decision.steps.append(StepResult(spec.name, f"skipped:{reason}"))
+        if reason == "max_message_size":  # the others are ordinary; this one may surprise
+            log.info(
+                "%s: filter %s skipped: %d bytes is over max_message_size",
+                _queue_id(work),
+                spec.name,
+                work.message.size,
+            )
+
+    def _monitored(
+        self,
+        spec: FilterSpec,
+        result: FilterResult,
+        work: MessageWork,
+        seconds: float,
+        decision: Decision,
+    ) -> None:
+        """mode = monitor: count and log what the filter would have done, apply none of it.
+        Counted as ``monitor:VERDICT`` so its counts never mix with enforced verdicts."""
+        outcome = f"monitor:{result.verdict}"
+        self.registry.get(spec.name).record_run(outcome, seconds)
+        would = would_do(spec, result)
+        log.info(
+            "%s: filter %s (monitor) would %s%s",
+            _queue_id(work),
+            spec.name,
+            result.verdict,
+            "".join(f"; {what}" for what in would),
+        )
+        detail = "; ".join(part for part in (result.note, *would) if part)
+        decision.steps.append(StepResult(spec.name, outcome, seconds, detail))
+        if result.new_body is not None:
+            result.new_body.unlink(missing_ok=True)
 
     def _cooled_down(self, spec: FilterSpec, state: FilterState) -> bool:
         """error_cooldown: a filter switched off by its threshold comes back after a while."""
@@ -180,12 +221,53 @@ class Engine:
         threshold = spec.error_threshold
         if threshold is None:
             threshold = self.settings.error_threshold
-        log.warning("filter %s failed: %s", spec.name, reason)
+        monitor = spec.mode == "monitor"
+        log.warning(
+            "filter %s%s failed: %s", spec.name, " (monitor, the message goes on)" * monitor, reason
+        )
+        # A monitor filter's errors count toward its threshold too: one that keeps failing
+        # (timing out, say) still costs every message its time, and being switched off is
+        # logged and noticed like any other filter's.
         if state.record_error(reason, threshold):
             log.warning("filter %s switched off: %s", spec.name, state.disabled_reason)
+        if monitor:
+            state.record_run("monitor:error", seconds)
+            enforced = "tempfail the message (-E)" if self.settings.stop_on_error else "be skipped"
+            detail = f"{reason}; enforced, it would {enforced}"
+            decision.steps.append(StepResult(spec.name, "monitor:error", seconds, detail))
+            return Verdict.CONTINUE, None
         state.observe(seconds)
         if self.settings.stop_on_error:
             decision.steps.append(StepResult(spec.name, "error:tempfail", seconds, reason))
             return Verdict.TEMPFAIL, None
         decision.steps.append(StepResult(spec.name, "error:skipped", seconds, reason))
         return Verdict.CONTINUE, None
+
+
+def _queue_id(work: MessageWork) -> str:
+    return work.message.queue_id or "NOQUEUE"
+
+
+def reply_text(reply: Reply) -> str:
+    """``550 5.7.1 first line / second line``, for logs and reports."""
+    return " ".join(part for part in (reply.code, reply.enhanced, " / ".join(reply.lines)) if part)
+
+
+def would_do(spec: FilterSpec, result: FilterResult) -> list[str]:
+    """What an enforced filter would have done with ``result``, in words (monitor mode).
+    Changes are listed only for continue and accept: only those verdicts apply them."""
+    reply = make_reply(spec, result.verdict, result.text, result.reply_code)
+    if reply is not None:
+        return [f"would reply {reply_text(reply)}"]
+    if result.verdict not in ("continue", "accept"):
+        return []
+    flat = " ".join  # folded header values on one log line
+
+    return [
+        *(["would replace the body"] if result.new_body is not None else []),
+        *(f"would remove header {name}" for name in result.remove_headers),
+        *(f"would set header {name}: {flat(value.split())}" for name, value in result.headers),
+        *(f"would add header {name}: {flat(value.split())}" for name, value in result.add_headers),
+        *(f"would remove recipient {address}" for address in result.remove_recipients),
+        *(f"would add recipient {address}" for address in result.add_recipients),
+    ]

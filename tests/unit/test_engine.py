@@ -262,12 +262,94 @@ def test_threshold_switches_filter_off_and_reload_switches_it_on(tmp_path: Path)
     assert not state.disabled and state.errors == 2
 
 
-def test_monitor_mode_counts_but_does_not_apply(tmp_path: Path) -> None:
-    eng, d = run(
-        tmp_path, filter_section("/bin/sh -c 'exit 1'", 'reject_exit_codes = "1"\nmode = monitor\n')
+def test_monitor_mode_counts_but_does_not_apply(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "milter_agent.engine")
+    extra = 'reject_exit_codes = "1"\nreject_message = "Go away"\nmode = monitor\n'
+    eng, d = run(tmp_path, filter_section("/bin/sh -c 'exit 1'", extra))
+    assert d.verdict is Verdict.CONTINUE and d.reply is None
+    assert (d.steps[0].outcome, d.steps[0].detail) == (
+        "monitor:reject",
+        "exit 1; would reply 550 5.7.1 Go away",
     )
-    assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "monitor:reject"
-    assert eng.registry.get("f").verdicts["reject"] == 1
+    # kept apart from enforced verdicts, in the counts the control socket and metrics show
+    assert dict(eng.registry.get("f").verdicts) == {"monitor:reject": 1}
+    assert "QID42: filter f (monitor) would reject; would reply 550 5.7.1 Go away" in caplog.text
+
+
+def test_monitor_changes_are_logged_and_not_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "milter_agent.engine")
+    cmd = '/bin/sh -c \'printf \\"new\\\\r\\\\n\\" > $0; printf \\"Subject: changed\\\\nX-New: 1\\\\n  folded\\\\n\\" > $1\' %n %h'
+    _, d = run(tmp_path, filter_section(cmd, "mode = monitor\n"), "-BHG")
+    assert not d.changes and d.verdict is Verdict.CONTINUE
+    would = "would replace the body; would set header Subject: changed; would set header X-New: 1 folded"
+    assert d.steps[0].outcome == "monitor:continue" and d.steps[0].detail == f"exit 0; {would}"
+    assert f"QID42: filter f (monitor) would continue; {would}" in caplog.text
+    assert leftovers(tmp_path, d) == []
+
+
+def test_monitor_accept_does_not_stop_the_chain(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    _, d = run(
+        tmp_path,
+        filter_section("/bin/sh -c 'exit 3'", 'accept_exit_codes = "3"\nmode = monitor\n')
+        + f'[Filter]\ntask_name = g\nexec_cmd = "/usr/bin/touch {marker}"\n',
+    )
+    assert marker.exists() and [s.outcome for s in d.steps] == ["monitor:accept", "continue"]
+
+
+def test_monitor_error_never_decides_the_message_even_with_E(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    section = filter_section("/bin/sh -c 'kill -TERM $$'", "mode = monitor\nerror_threshold = 2\n")
+    eng = engine(tmp_path, section, "-E")
+    state = eng.registry.get("f")
+    outcomes = []
+    for _ in range(3):
+        d = asyncio.run(eng.run(message(tmp_path)))
+        assert d.verdict is Verdict.CONTINUE and d.reply is None
+        outcomes.append(d.steps[0].outcome)
+    # counted as errors, toward the threshold; switched off (visibly) after two
+    assert outcomes == ["monitor:error", "monitor:error", "skipped:disabled"]
+    assert (state.errors, state.verdicts["monitor:error"], state.disabled) == (2, 2, True)
+    d = asyncio.run(engine(tmp_path, section, "-E").run(message(tmp_path)))
+    assert d.steps[0].detail == (
+        "killed by signal SIGTERM; enforced, it would tempfail the message (-E)"
+    )
+    assert "filter f (monitor, the message goes on) failed: killed by signal SIGTERM" in caplog.text
+    assert "filter f switched off: 2 errors" in caplog.text
+
+
+def test_an_internal_error_in_a_monitor_filter_does_not_decide_the_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_args: object) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Engine, "_execute", broken)
+    eng = engine(tmp_path, filter_section("/bin/true", "mode = monitor\n"))
+    d = asyncio.run(eng.run(message(tmp_path)))
+    assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "monitor:error"
+    assert "No space left on device" in d.steps[0].detail
+    with pytest.raises(OSError, match="No space left"):  # enforced: the session's default_action
+        asyncio.run(engine(tmp_path, filter_section("/bin/true")).run(message(tmp_path)))
+
+
+def test_max_message_size_skip_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "milter_agent.engine")
+    size = sum(len(f"{n}:{v}\r\n") for n, v in HEADERS) + 2 + len(BODY)
+    eng = engine(tmp_path, filter_section("/bin/true", f"max_message_size = {size - 1}\n"))
+    d = asyncio.run(eng.run(message(tmp_path)))
+    assert d.steps[0].outcome == "skipped:max_message_size"
+    assert f"QID42: filter f skipped: {size} bytes is over max_message_size" in caplog.text
+    assert eng.registry.get("f").skipped == 1
+    caplog.clear()
+    eng = engine(tmp_path, filter_section("/bin/true", f"max_message_size = {size}\n"))
+    assert asyncio.run(eng.run(message(tmp_path))).steps[0].outcome == "continue"
+    assert "max_message_size" not in caplog.text
 
 
 def test_reject_stops_the_chain(tmp_path: Path) -> None:
