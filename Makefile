@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 RUNDIR := $(CURDIR)/.run
 PORT   ?= 8890
 
-.PHONY: run test lint format bench soak man dist clean system-deps
+.PHONY: run test lint format bench bench-micro soak man dist clean system-deps
 
 $(PY):
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { [ "$$(id -u)" = 0 ] && \
@@ -29,14 +29,16 @@ run: $(STAMP)
 	$(PY) -m milter_agent -d 1 -u $$(id -un) -c examples/milter-agent.conf \
 		-p inet:$(PORT)@127.0.0.1 -i unix:$(RUNDIR)/cmd --spool-dir $(RUNDIR)/spool
 
-system-deps:
+system-deps: $(STAMP)
 	@scripts/ensure-postfix.sh
 	@scripts/ensure-sendmail.sh >/dev/null
+	@scripts/ensure-bench-peers.sh $(PY)
 
 ## test: lint, type-check and the whole suite (unit, conformance, real Postfix end-to-end)
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q -p no:cacheprovider
-	$(PY) bench/run.py --quick
+	$(PY) bench/micro.py --quick
+	$(PY) bench/mta.py --quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench tools
@@ -47,10 +49,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests bench tools
 	$(VENV)/bin/ruff check --fix src tests bench tools
 
-## bench: measure the daemon side by side (writes bench/results/; UPDATE_DOCS=1 also
-## refreshes docs/performance.md)
-bench: $(STAMP)
-	$(PY) bench/run.py $(if $(UPDATE_DOCS),--update-docs)
+## bench: milter-agent and its peers behind a real Postfix, side by side (about 12 min; writes
+## bench/results/mta/; UPDATE_DOCS=1 also refreshes docs/performance.md)
+bench: $(STAMP) system-deps
+	$(PY) bench/mta.py $(if $(UPDATE_DOCS),--update-docs)
+
+## bench-micro: the daemon alone, driven with its own codec (no MTA), for profiling
+bench-micro: $(STAMP)
+	$(PY) bench/micro.py $(if $(UPDATE_DOCS),--update-docs)
 
 ## soak: 100,000 messages through Postfix with injected faults, then a long fuzz run (not CI)
 soak: $(STAMP) system-deps

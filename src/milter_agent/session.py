@@ -53,6 +53,7 @@ class Session:
         self._pipeline: Pipeline | None = None
         self._spool_file: SpoolFile | None = None
         self._started = 0.0
+        self._connected = 0.0  # the first message of a connection is timed from CONNECT
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -75,6 +76,7 @@ class Session:
                 return None
             case p.Connect(hostname, family, port, address):
                 self._enter_stage(b"C")
+                self._connected = time.monotonic()
                 self.client = Client(hostname, address, port, family)
             case p.Helo(name):
                 self._enter_stage(b"H")
@@ -121,7 +123,8 @@ class Session:
     def _start_message(self, sender: str, args: tuple[str, ...]) -> None:
         self._end_message("new MAIL")
         self._pipeline = self.services.pipeline()
-        self._started = time.monotonic()
+        self._started = self._connected or time.monotonic()
+        self._connected = 0.0
         self.message = Message(self.client, sender, args)
 
     def _end_message(self, why: str) -> None:
@@ -283,7 +286,8 @@ def final_reply(verdict: Verdict, reply: Reply | None) -> p.FinalReply:
 
 
 def log_message(message: Message, decision: Decision, seconds: float) -> None:
-    """The one line per message: queue id, client, sender, recipients, size, decision, time."""
+    """The one line per message: queue id, client, sender, recipients, size, decision, time
+    (from CONNECT for the first message of a connection, from MAIL for later ones)."""
     steps = " ".join(f"{s.name}:{s.outcome}({s.seconds * 1000:.0f}ms)" for s in decision.steps)
     log.info(
         "%s: client=%s from=<%s> rcpts=%d size=%d decision=%s time=%.1fms%s",

@@ -237,7 +237,9 @@ class PostfixInstance:
 
     ``relayhost`` is where everything is relayed (the sink), as ``(host, port)``.
     ``params`` are extra main.cf settings that become part of the baseline that reset()
-    restores. The smtpd port is chosen at start() (``port``, ``address``)."""
+    restores. The smtpd port is chosen at start() (``port``, ``address``). ``listeners`` adds
+    more smtpd services, by name, each with its own ``-o name=value`` overrides (e.g. one
+    with milters and one without); their ports are in ``listener_ports`` after start()."""
 
     def __init__(
         self,
@@ -245,6 +247,7 @@ class PostfixInstance:
         *,
         parent_dir: Path | str | None = None,
         params: Mapping[str, str | int | bool] | None = None,
+        listeners: Mapping[str, Mapping[str, str]] | None = None,
         command_timeout: float = 60.0,
     ) -> None:
         err = postfix_available()
@@ -266,6 +269,8 @@ class PostfixInstance:
         self.relayhost = relayhost
         self.command_timeout = command_timeout
         self.port = 0
+        self.listeners = {name: dict(o) for name, o in (listeners or {}).items()}
+        self.listener_ports: dict[str, int] = {}
         self._extra: dict[str, str] = {k: _format_value(v) for k, v in (params or {}).items()}
         self._started = False
 
@@ -332,9 +337,12 @@ class PostfixInstance:
 
     def _write_config(self) -> None:
         (self.config_dir / "main.cf").write_text(self._main_cf_text())
-        (self.config_dir / "master.cf").write_text(
-            MASTER_CF.format(smtpd_addr=f"127.0.0.1:{self.port}")
-        )
+        master = MASTER_CF.format(smtpd_addr=f"127.0.0.1:{self.port}")
+        for name, overrides in self.listeners.items():
+            options = "".join(f" -o {k}={v}" for k, v in overrides.items())
+            port = self.listener_ports[name]
+            master += f"127.0.0.1:{port} inet n - n - - smtpd{options}\n"
+        (self.config_dir / "master.cf").write_text(master)
         self._backdate_config()
 
     def _backdate_config(self) -> None:
@@ -456,6 +464,7 @@ class PostfixInstance:
         last_error: Exception | None = None
         for _ in range(attempts):
             self.port = free_port()
+            self.listener_ports = {name: free_port() for name in self.listeners}
             self._write_config()
             with _live_lock:
                 _live_instances.add(self)

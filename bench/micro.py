@@ -17,9 +17,9 @@ messages/s (wall clock), the daemon's own CPU (utime+stime from /proc/PID/stat) 
 children's CPU (cutime+cstime), the client's own CPU, latency per message as the client sees it
 (first MAIL byte written -> final reply to end-of-message read) and the daemon's VmHWM.
 
-    python bench/run.py                 # full run, results in bench/results/
-    python bench/run.py --quick         # a few seconds; exit 1 on any failure (used by make test)
-    python bench/run.py --profile exec1 # cProfile one scenario's daemon, print the top functions
+    python bench/micro.py                 # full run, results in bench/results/
+    python bench/micro.py --quick         # a few seconds; exit 1 on any failure (used by make test)
+    python bench/micro.py --profile exec1 # cProfile one scenario's daemon, print the top functions
 
 Only 127.0.0.1 and Unix sockets are used; every wait is bounded; daemons are always stopped.
 """
@@ -31,12 +31,9 @@ import asyncio
 import atexit
 import contextlib
 import datetime as dt
-import hashlib
 import importlib.util
 import io
-import json
 import os
-import platform
 import pstats
 import shutil
 import signal
@@ -51,19 +48,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))  # run from a checkout even if the venv lacks the package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # a checkout's code
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from milter_agent import protocol as p  # noqa: E402
-from milter_agent.protocol.constants import Action, ProtocolFlag  # noqa: E402
-from milter_agent.protocol.framing import FrameBuffer  # noqa: E402
+from common import (
+    DISTURBED,
+    DOC,
+    RESULTS_DIR,
+    ROOT,
+    BenchError,
+    MachineStat,
+    ProcStat,
+    Spread,
+    code_line,
+    machine,
+    percentile,
+    source_fingerprint,
+    update_docs,
+    wait_for_quiet,
+    write_results,
+)
 
-RESULTS_DIR = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "performance.md"
-DOC_BEGIN = "<!-- bench:begin (written by bench/run.py --update-docs) -->"
-DOC_END = "<!-- bench:end -->"
+from milter_agent import protocol as p
+from milter_agent.protocol.constants import Action, ProtocolFlag
+from milter_agent.protocol.framing import FrameBuffer
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+DOC_SECTION = "micro"
 MAX_BODY_CHUNK = 65535  # libmilter MILTER_MAX_DATA_SIZE; Postfix never sends more per packet
 MESSAGE_SIZE = 4096
 BENCH_HEADER = "X-Bench"
@@ -106,18 +116,11 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 BASELINE = "pass"
-#: A run during which the rest of the machine kept more than this many cores busy is counted
-#: as disturbed (it stays in the medians; the count is shown next to them).
-DISTURBED = 0.25
 #: At most this many seconds of waiting for a quiet machine in a whole benchmark run.
 QUIET_BUDGET = 30.0
 
 
 # --- the daemon -------------------------------------------------------------------------------
-
-
-class BenchError(RuntimeError):
-    """Something the benchmark cannot accept: a daemon that does not start, a wrong reply."""
 
 
 _LIVE: set[Daemon] = set()
@@ -129,53 +132,6 @@ def _stop_all() -> None:
 
 
 atexit.register(_stop_all)
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    """CPU seconds of a process (own) and of its waited-for children, from /proc/PID/stat."""
-
-    own: float
-    children: float
-
-    @classmethod
-    def read(cls, pid: int) -> ProcStat:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rpartition(")")[2].split()
-        # fields[0] is field 3 (state): utime=14 stime=15 cutime=16 cstime=17 (1-based).
-        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        return cls((utime + stime) / CLK_TCK, (cutime + cstime) / CLK_TCK)
-
-
-@dataclass(frozen=True)
-class MachineStat:
-    """Whole-machine CPU seconds from /proc/stat: busy (user+nice+system+irq+softirq) and
-    steal (taken by the hypervisor). Busy minus the daemon, its children and this client is
-    what the rest of the machine used during a run: the noise to judge the run by."""
-
-    busy: float
-    steal: float
-
-    @classmethod
-    def read(cls) -> MachineStat:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-        return cls((user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK)
-
-
-def wait_for_quiet(limit: float, threshold: float = DISTURBED, window: float = 0.5) -> float:
-    """Wait (at most ``limit`` seconds) until the machine has been idle, but for ``threshold``
-    cores, for ``window`` seconds; returns the seconds waited. Shared machines run other
-    people's test suites: starting a run in a quiet moment is cheaper than discarding it."""
-    started = time.monotonic()
-    while True:
-        a = MachineStat.read()
-        time.sleep(window)
-        busy = (MachineStat.read().busy - a.busy) / window
-        waited = time.monotonic() - started
-        if busy <= threshold or waited >= limit:
-            return waited
 
 
 class Daemon:
@@ -649,14 +605,6 @@ class RunResult:
     waited_for_quiet_s: float = 0.0
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, int(-(-q * len(sorted_values) // 100)))  # ceil(q/100 * n)
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 @dataclass(frozen=True)
 class Measured:
     load: Load
@@ -788,25 +736,6 @@ def run_once(
 # --- summary and reports ----------------------------------------------------------------------
 
 
-@dataclass
-class Spread:
-    median: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        return cls(statistics.median(values), min(values), max(values))
-
-    def fmt(self, digits: int = 0) -> str:
-        def f(x: float) -> str:
-            return f"{x:,.{digits}f}"
-
-        if f(self.low) == f(self.high):
-            return f(self.median)
-        return f"{f(self.median)} ({f(self.low)}-{f(self.high)})"
-
-
 METRICS: tuple[tuple[str, str, int], ...] = (
     # (RunResult field, column title, digits)
     ("messages_per_s", "msgs/s", 0),
@@ -871,69 +800,14 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def source_fingerprint() -> dict[str, Any]:
-    """Which code was measured: the commit, and a hash of src/ as it is on disk (others may
-    be editing the tree; a changed hash during a run is reported)."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "milter_agent").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    commit = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    dirty = False
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        dirty = bool(
-            subprocess.run(
-                ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout.strip()
-        )
-    return {"commit": commit, "src_dirty": dirty, "src_sha256": digest.hexdigest()[:16]}
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load1, load5, _ = os.getloadavg()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "kernel": platform.release(),
-        "loadavg_at_start": [round(load1, 2), round(load5, 2)],
-    }
-
-
 def report(
     runs: Sequence[RunResult], params: dict[str, Any], info: dict[str, Any], started: str
 ) -> tuple[str, dict[str, Any]]:
     rows = summarise(runs)
     table = markdown_table(rows)
-    src = info["source"]
-    changed = src.get("changed_during_run")
     text = "\n".join(
         [
-            f"Run {started} on {info['nproc']} x {info['cpu_model']}, Python "
-            f"{info['python']}, Linux {info['kernel']}, load average at start "
-            f"{info['loadavg_at_start'][0]}. Code: commit {src['commit']}"
-            + (" with uncommitted changes in src/" if src["src_dirty"] else "")
-            + f", src/ sha256 {src['src_sha256']}"
-            + (" (src/ CHANGED during the run: numbers mix versions)" if changed else "")
-            + ".",
+            f"Run {started} {code_line(info)}",
             f"{params['connections']} connection{'s' if params['connections'] != 1 else ''}, "
             f"{params['messages_per_run']} measured messages "
             f"of {params['message_size']} bytes per run (after {params['warmup']} warm-up "
@@ -964,29 +838,6 @@ def report(
         "runs": [asdict(r) for r in runs],
     }
     return text, data
-
-
-def write_results(out: Path, stamp: str, text: str, data: dict[str, Any]) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    body = json.dumps(data, indent=2) + "\n"
-    files = []
-    for name, content in (
-        (f"{stamp}.md", text),
-        (f"{stamp}.json", body),
-        ("latest.md", text),
-        ("latest.json", body),
-    ):
-        (out / name).write_text(content)
-        files.append(out / name)
-    return files
-
-
-def update_docs(text: str) -> None:
-    doc = DOC.read_text()
-    begin, end = doc.find(DOC_BEGIN), doc.find(DOC_END)
-    if begin < 0 or end < begin:
-        raise BenchError(f"{DOC}: markers {DOC_BEGIN!r} ... {DOC_END!r} not found")
-    DOC.write_text(doc[: begin + len(DOC_BEGIN)] + "\n" + text + doc[end:])
 
 
 # --- profiling --------------------------------------------------------------------------------
@@ -1071,12 +922,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if importlib.util.find_spec("regex") is None or importlib.util.find_spec("cronsim") is None:
         print(
-            "bench/run.py: milter-agent's dependencies are missing; use .venv/bin/python",
+            "bench/micro.py: milter-agent's dependencies are missing; use .venv/bin/python",
             file=sys.stderr,
         )
         return 2
     if os.geteuid() != 0:
-        print("bench/run.py: the daemon is started with -u root; run as root", file=sys.stderr)
+        print("bench/micro.py: the daemon is started with -u root; run as root", file=sys.stderr)
         return 2
     started = dt.datetime.now().astimezone()
     stamp = started.strftime("%Y%m%dT%H%M%S")
@@ -1129,7 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         flush=True,
                     )
         if source_fingerprint()["src_sha256"] != info["source"]["src_sha256"]:
-            info["source"]["changed_during_run"] = True
+            info["source"]["changed"] = True
             print("bench: WARNING: src/ changed during the run", file=sys.stderr)
         params = {
             "quick": args.quick,
@@ -1148,12 +999,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             text, data = report(runs, params, info, started.isoformat(timespec="seconds"))
             data["failures"] = failures
             print(text)
-            out = args.out or (None if args.quick else RESULTS_DIR)
+            out = args.out or (None if args.quick else RESULTS_DIR / "micro")
             if out is not None:
                 for path in write_results(out, stamp, text, data):
                     print(f"wrote {path}", file=sys.stderr)
             if args.update_docs and not failures:
-                update_docs(text)
+                update_docs(DOC_SECTION, text)
                 print(f"updated {DOC}", file=sys.stderr)
         if failures:
             print(f"bench: {len(failures)} failure(s):", file=sys.stderr)
