@@ -56,6 +56,10 @@ class FilterState:
     histogram: Histogram = field(default_factory=Histogram)
     last_run: float | None = None
     last_error: str | None = None
+    last_error_at: float | None = None
+    #: When this name appeared or its statistics were reset: idle time is measured from here,
+    #: not from the daemon's start, so a filter added by a reload is not idle at once.
+    since: float = field(default_factory=time.time)
     limit: int = 0
     _slots: asyncio.Semaphore | None = None
     _refusals: set[str] = field(default_factory=set)
@@ -103,6 +107,7 @@ class FilterState:
         self.errors += 1
         self.error_count += 1
         self.last_error = reason
+        self.last_error_at = time.time()
         if threshold and self.error_count >= threshold and not self.disabled:
             self.disable(f"{self.error_count} errors (threshold {threshold}); last: {reason}")
             self.by_threshold = True
@@ -119,6 +124,23 @@ class FilterState:
         self.disabled_at = None
         self.by_threshold = False
         self.error_count = 0
+
+    def reset(self) -> None:
+        """Zero the statistics in place (reset-stats).
+
+        In place, because runs in flight hold this object: they must count here when they end,
+        keep the running/waiting counts right and keep sharing the one instance semaphore. The
+        on/off state and the error count toward the threshold stay: they steer the filter,
+        they are not statistics.
+        """
+        self.runs = self.skipped = self.changes = 0
+        self.errors = self.timeouts = self.kills = 0
+        self.verdicts.clear()
+        self.durations.clear()
+        self.histogram = Histogram()
+        self.last_run = self.last_error_at = None
+        self.last_error = None
+        self.since = time.time()
 
     def refused_once(self, what: str) -> bool:
         """True the first time this kind of refusal is seen for this filter."""
@@ -141,7 +163,11 @@ class Registry:
         return state
 
     def configure(self, limits: Iterable[tuple[str, int]]) -> None:
-        """After a (re)load: keep states of names still present, switch everything on."""
+        """After a (re)load: keep states of names still present, switch everything on.
+
+        ``limits`` must name every section, filters and address rules alike (an address rule's
+        limit is 0): a state whose name is missing is dropped with its counters.
+        """
         wanted = dict(limits)
         for name in list(self.states):
             if name not in wanted:

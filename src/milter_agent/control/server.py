@@ -93,10 +93,10 @@ class ControlServer:
                 answer = self.answer(line)
             else:
                 log.warning("control socket: refused pid %d uid %d gid %d", pid, uid, gid)
-                answer = {"ok": False, "error": "permission denied"}
+                answer = protocol.error(protocol.PERMISSION_DENIED, "permission denied")
             writer.write(protocol.encode(answer))
             await writer.drain()
-        except (TimeoutError, ConnectionError, ValueError) as exc:  # ValueError: line too long
+        except (TimeoutError, OSError, ValueError) as exc:  # ValueError: line too long
             log.info("control socket: client went away: %s", exc)
         finally:
             writer.close()
@@ -104,14 +104,21 @@ class ControlServer:
     def answer(self, line: bytes) -> dict[str, Any]:
         try:
             req = protocol.decode(line[: protocol.MAX_LINE])
-            command = str(req.get("command", ""))
-            args = [str(a) for a in req.get("args", [])]
         except ValueError:
-            return {"ok": False, "error": "request is not a JSON object on one line"}
+            return protocol.error(protocol.BAD_REQUEST, "request is not a JSON object on one line")
+        command, args = req.get("command", ""), req.get("args", [])
+        if not isinstance(command, str) or not isinstance(args, list):
+            return protocol.error(protocol.BAD_REQUEST, "command must be a string, args a list")
         handler = self.handlers.get(command)
         if handler is None:
-            return {"ok": False, "error": f"unknown command {command!r}"}
+            return protocol.error(protocol.UNKNOWN_COMMAND, f"unknown command {command!r}")
         try:
-            return {"ok": True, "data": handler(args)}
+            return {"ok": True, "data": handler([str(a) for a in args])}
         except (KeyError, ValueError) as exc:
-            return {"ok": False, "error": str(exc.args[0]) if exc.args else type(exc).__name__}
+            text = str(exc.args[0]) if exc.args else type(exc).__name__
+            return protocol.error(protocol.REFUSED, text)
+        except Exception as exc:
+            # a bug behind one command: the client gets an answer saying so, not a bare EOF,
+            # and the traceback goes to the log
+            log.exception("control socket: command %s failed", command)
+            return protocol.error(protocol.INTERNAL_ERROR, f"internal error: {exc!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import shlex
 import statistics
 import time
 from collections import Counter
@@ -23,17 +25,27 @@ class MessageCounters:
     verdicts: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
 
+    def reset(self) -> None:
+        self.messages = self.bytes = 0
+        self.verdicts.clear()
+
     def count(self, verdict: str, size: int) -> None:
         self.messages += 1
         self.verdicts[verdict] += 1
         self.bytes += size
 
 
+def nearest_rank(count: int, fraction: float) -> int:
+    """Index (0-based) of the nearest-rank percentile: the smallest value with at least
+    ``fraction`` of the values at or below it (rank ceil(fraction * count))."""
+    return max(0, math.ceil(fraction * count) - 1)
+
+
 def _durations(state: FilterState) -> dict[str, float]:
     values = sorted(state.durations)
     if not values:
         return {"mean_ms": 0.0, "p95_ms": 0.0, "max_ms": 0.0}
-    p95 = values[min(len(values) - 1, int(len(values) * 0.95))]
+    p95 = values[nearest_rank(len(values), 0.95)]
     return {
         "mean_ms": round(statistics.fmean(values) * 1000, 2),
         "p95_ms": round(p95 * 1000, 2),
@@ -52,10 +64,13 @@ def state_data(state: FilterState) -> dict[str, Any]:
         "error_count": state.error_count,
         "disabled": state.disabled,
         "disabled_reason": state.disabled_reason,
+        "disabled_at": state.disabled_at,
         "running": state.running,
         "waiting": state.waiting,
         "last_run": state.last_run,
         "last_error": state.last_error,
+        "last_error_at": state.last_error_at,
+        "stats_since": state.since,
         **_durations(state),
     }
 
@@ -64,7 +79,8 @@ def filter_data(spec: FilterSpec, state: FilterState) -> dict[str, Any]:
     return {
         "name": spec.name,
         "kind": "module" if spec.is_module else "program",
-        "command": spec.module_name or " ".join(str(a) for a in spec.argv),
+        # shlex.join: an argument with a space must read as one word, as in the config file
+        "command": spec.module_name or shlex.join(str(a) for a in spec.argv),
         "timeout": spec.timeout,
         "single_instance": spec.single_instance,
         "mode": spec.mode,
@@ -86,6 +102,8 @@ def address_data(rule: AddressRule, state: FilterState) -> dict[str, Any]:
         "remove_headers": list(rule.remove_headers),
         "matches": state.runs,
         "changes": state.changes,
+        "last_match": state.last_run,
+        "stats_since": state.since,
     }
 
 
@@ -97,8 +115,10 @@ def addresses(config: Config, registry: Registry) -> list[dict[str, Any]]:
     return [address_data(r, registry.get(r.name)) for r in config.address_rules]
 
 
-def settings(config: Config) -> dict[str, Any]:
-    return asdict(config.settings)
+def settings(config: Config, **effective: Any) -> dict[str, Any]:
+    """The settings in force; ``effective`` overrides what the daemon decided at start-up
+    (e.g. the log target ``-d 1`` chose when none was given)."""
+    return {**asdict(config.settings), **effective}
 
 
 def uptime(started: float) -> float:
