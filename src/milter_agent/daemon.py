@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 from milter_agent import __version__
-from milter_agent.config.model import Config
+from milter_agent.config.model import Config, FilterSpec
 from milter_agent.config.options import CommandLine
+from milter_agent.config.parser import lex
+from milter_agent.config.problems import Problems
 from milter_agent.config.reload import ConfigStore
 from milter_agent.control import notices, stats
 from milter_agent.control.metrics import Snapshot, serve_metrics
@@ -27,7 +29,7 @@ from milter_agent.control.server import ControlServer
 from milter_agent.engine import Engine
 from milter_agent.errors import ConfigError, SpoolError
 from milter_agent.filters import module as modules
-from milter_agent.logsetup import setup_logging
+from milter_agent.logsetup import DETAIL, setup_logging
 from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Pipeline, Verdict
 from milter_agent.privileges import (
@@ -49,7 +51,17 @@ from milter_agent.spool import Spool
 log = logging.getLogger("milter_agent.daemon")
 
 #: Settings bound at start-up; a reload that changes them takes effect at the next restart.
-_RESTART_ONLY = ("socket", "control_socket", "user", "spool_dir", "socket_mode", "daemon_mode")
+_RESTART_ONLY = (
+    "socket",
+    "control_socket",
+    "user",
+    "spool_dir",
+    "socket_mode",
+    "daemon_mode",
+    "log_target",
+    "log_level",
+    "verbose",
+)
 
 
 class Daemon:
@@ -65,11 +77,25 @@ class Daemon:
         self.engine = self._build(self.store.current)
         self.server: MilterServer | None = None
         self.counters = stats.MessageCounters()
+        self.stats_since = self.started
+        self._connections_before_reset = 0
+        # logging is set up once, at start: these are the values in force, whatever a later
+        # reload says (ma-client 1 reports these)
+        self.log_target = effective_log_target(command_line, self.store.current)
+        self.logging: dict[str, object] = {
+            "log_target": self.log_target,
+            "log_level": settings.log_level,
+            "verbose": settings.verbose,
+        }
 
     # --- configuration ------------------------------------------------------------------------
 
     def _build(self, config: Config) -> Engine:
-        self.registry.configure((f.name, f.single_instance) for f in config.filters)
+        # every section's name: a state left out is dropped, address rules' counters too
+        self.registry.configure(
+            [(f.name, f.single_instance) for f in config.filters]
+            + [(r.name, 0) for r in config.address_rules]
+        )
         modules.HOST.configure(config.filters)  # unload modules whose filter left or changed
         return Engine(config, self.registry, self.spool)
 
@@ -115,13 +141,15 @@ class Daemon:
 
     def _message_done(self, message: Message, decision: Decision, seconds: float) -> None:
         self.counters.count(decision.verdict.value, message.size)
+        if log.isEnabledFor(DETAIL):
+            log_steps(message, decision)
 
     # --- control socket -----------------------------------------------------------------------
 
     def control_handlers(self) -> dict[str, stats.Handler]:
         return {
             "status": lambda _args: self.status(),
-            "settings": lambda _args: stats.settings(self.store.current),
+            "settings": lambda _args: stats.settings(self.store.current, **self.logging),
             "filters": lambda _args: stats.filters(self.store.current, self.registry),
             "addresses": lambda _args: stats.addresses(self.store.current, self.registry),
             "reload": self._control_reload,
@@ -142,24 +170,33 @@ class Daemon:
             "last_reload_error": str(error) if error else None,
             "last_reload_error_time": self.store.last_error_time,
             "connections_now": self.server.connections_now if self.server else 0,
-            "connections_total": self.server.connections_total if self.server else 0,
+            "connections_total": self.connections_total(),
             "messages": self.counters.messages,
             "verdicts": dict(self.counters.verdicts),
             "bytes": self.counters.bytes,
+            "stats_since": self.stats_since,
             **self.spool.usage(),
         }
+
+    def connections_total(self) -> int:
+        """Connections accepted since start or the last reset-stats."""
+        total = self.server.connections_total if self.server else 0
+        return total - self._connections_before_reset
 
     def snapshot(self) -> Snapshot:
         """For a metrics scrape (runs in the metrics thread; reads only)."""
         config, server, states = self.store.current, self.server, self.registry.states
+        spool = self.spool.usage()
         return Snapshot(
             messages=dict(self.counters.verdicts),
             message_bytes=self.counters.bytes,
             connections_now=server.connections_now if server else 0,
-            connections_total=server.connections_total if server else 0,
+            connections_total=self.connections_total(),
             config_generation=self.store.generation,
             last_reload_ok=self.store.last_error is None,
             uptime=time.time() - self.started,
+            spool_files=spool["spool_files"],
+            spool_bytes=spool["spool_bytes"],
             filters=[(f.name, st) for f in config.filters if (st := states.get(f.name))],
             address_rules=[
                 (r.name, st) for r in config.address_rules if (st := states.get(r.name))
@@ -172,7 +209,8 @@ class Daemon:
         return {"reloaded": error is None, "error": str(error) if error else None}
 
     def _switch(self, args: list[str], *, on: bool) -> dict[str, object]:
-        if len(args) != 1 or self.store.current.section(args[0]) is None:
+        # filters only: an address rule has no on/off state (the engine never skips one)
+        if len(args) != 1 or not isinstance(self.store.current.section(args[0]), FilterSpec):
             raise ValueError(f"no filter named {' '.join(args)!r}")
         state = self.registry.get(args[0])
         if on:
@@ -183,13 +221,15 @@ class Daemon:
         return {"name": args[0], "disabled": state.disabled}
 
     def _reset_stats(self, _args: list[str]) -> dict[str, object]:
-        for name, state in list(self.registry.states.items()):
-            fresh = self.registry.states[name] = type(state)(name)
-            fresh.set_limit(state.limit)
-            fresh.disabled_reason, fresh.disabled_at = state.disabled_reason, state.disabled_at
-            fresh.by_threshold = state.by_threshold
-        self.counters = stats.MessageCounters()
-        return {"reset": True}
+        """Zero every counter: filters', address rules', messages and connections accepted.
+        In place: messages in flight finish on the same state objects (see FilterState.reset)."""
+        for state in self.registry.states.values():
+            state.reset()
+        self.counters.reset()
+        self._connections_before_reset = self.server.connections_total if self.server else 0
+        self.stats_since = time.time()
+        log.info("statistics reset via the control socket")
+        return {"reset": True, "stats_since": self.stats_since}
 
     async def serve(self) -> None:
         settings = self.store.current.settings
@@ -240,7 +280,7 @@ class Daemon:
         watcher = asyncio.ensure_future(self._watch()) if watch else None
         noticer = asyncio.ensure_future(
             notices.watch(
-                notices.NoticeWatcher(self.store, lambda: self.registry, self.started),
+                notices.NoticeWatcher(self.store, lambda: self.registry),
                 lambda: self.store.current.settings.notice_cmd,
             )
         )
@@ -257,6 +297,43 @@ class Daemon:
         while True:
             await asyncio.sleep(1.0)
             self.reload(False)
+
+
+def log_steps(message: Message, decision: Decision) -> None:
+    """-l 1: one line per section that took part, after the message's summary line."""
+    queue_id = message.queue_id or "NOQUEUE"
+    for number, step in enumerate(decision.steps, start=1):
+        log.log(
+            DETAIL,
+            "%s: step %d/%d %s: %s in %.1fms%s",
+            queue_id,
+            number,
+            len(decision.steps),
+            step.name,
+            step.outcome,
+            step.seconds * 1000,
+            f": {step.detail}" if step.detail else "",
+        )
+
+
+def effective_log_target(command_line: CommandLine, config: Config) -> str:
+    """Where logs go: with -d 1, stderr, unless a target was chosen on the command line or in
+    the configuration file (the seed's debugging terminal, without overriding a choice)."""
+    settings = config.settings
+    if not settings.foreground or command_line.given("log_target"):
+        return settings.log_target
+    return settings.log_target if _file_sets(config.path, "log_target") else "stderr"
+
+
+def _file_sets(path: str, key: str) -> bool:
+    """Whether the file's global settings give ``key`` (the parsed settings cannot tell a
+    default from the same value written out)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    sections = lex(text.removeprefix("\ufeff"), Problems(path))
+    return any(e.key == key for raw in sections if raw.kind == "global" for e in raw.entries)
 
 
 def daemonize(pid_file: str | None) -> None:
@@ -284,10 +361,7 @@ def run(command_line: CommandLine) -> int:
         print(f"milter-agent: {exc}", file=sys.stderr)
         return 1
     settings = daemon.store.current.settings
-    target = settings.log_target
-    if settings.foreground and not command_line.given("log_target"):
-        target = "stderr"
-    setup_logging(target, settings.log_level, settings.verbose)
+    setup_logging(daemon.log_target, settings.log_level, settings.verbose)
     if not settings.foreground:
         daemonize(settings.pid_file)
     elif settings.pid_file:

@@ -35,6 +35,8 @@ class Snapshot:
     config_generation: int
     last_reload_ok: bool
     uptime: float
+    spool_files: int = 0
+    spool_bytes: int = 0
     filters: list[tuple[str, FilterState]] = field(default_factory=list)
     address_rules: list[tuple[str, FilterState]] = field(default_factory=list)
 
@@ -54,8 +56,10 @@ class DaemonCollector:
         yield CounterMetricFamily(
             "milter_agent_message_bytes", "Bytes of messages seen", value=s.message_bytes
         )
+        # not "milter_agent_connections": that family is the counter below (its samples are
+        # ..._total), and one name for two families is refused by OpenMetrics parsers
         yield GaugeMetricFamily(
-            "milter_agent_connections", "MTA connections open now", value=s.connections_now
+            "milter_agent_connections_open", "MTA connections open now", value=s.connections_now
         )
         yield CounterMetricFamily(
             "milter_agent_connections", "MTA connections accepted", value=s.connections_total
@@ -71,15 +75,30 @@ class DaemonCollector:
         yield GaugeMetricFamily(
             "milter_agent_uptime_seconds", "Seconds since start", value=s.uptime
         )
-        yield from _filter_metrics(s.filters)
-        matches = CounterMetricFamily(
-            "milter_agent_address_rule_matches",
-            "Messages an address rule applied to",
-            labels=["rule"],
+        yield GaugeMetricFamily(
+            "milter_agent_spool_files", "Files in the spool now", value=s.spool_files
         )
-        for name, state in s.address_rules:
-            matches.add_metric([name], state.runs)
-        yield matches
+        yield GaugeMetricFamily(
+            "milter_agent_spool_bytes", "Bytes in the spool now", value=s.spool_bytes
+        )
+        yield from _filter_metrics(s.filters)
+        yield from _address_metrics(s.address_rules)
+
+
+def _address_metrics(rules: Iterable[tuple[str, FilterState]]) -> Iterator[Metric]:
+    matches = CounterMetricFamily(
+        "milter_agent_address_rule_matches", "Messages an address rule applied to", labels=["rule"]
+    )
+    changes = CounterMetricFamily(
+        "milter_agent_address_rule_changes",
+        "Recipient and header changes made by an address rule",
+        labels=["rule"],
+    )
+    for name, state in rules:
+        matches.add_metric([name], state.runs)
+        changes.add_metric([name], state.changes)
+    yield matches
+    yield changes
 
 
 def _filter_metrics(filters: Iterable[tuple[str, FilterState]]) -> Iterator[Metric]:
