@@ -251,19 +251,22 @@ def _header_pairs(r: _Reader, name_key: str, value_key: str) -> tuple[HeaderTemp
 def _warn_address_permissions(r: _Reader, rule: AddressRule, settings: Settings) -> None:
     needs = (
         (rule.add_recipient, "add_recipient", settings.allow_add_recipient, "-A"),
-        (
-            rule.forward_recipients,
-            "message_forward_recipient",
-            settings.allow_add_recipient and settings.allow_remove_recipient,
-            "-A and -R",
-        ),
+        (rule.forward_recipients, "message_forward_recipient", not settings.forward_missing, ""),
         (rule.add_headers, "add_header_name", settings.allow_add_header, "-H"),
         (rule.change_headers, "change_header_name", settings.allow_change_header, "-G"),
         (rule.remove_headers, "remove_header_name", settings.allow_change_header, "-G"),
     )
     for used, key, allowed, letters in needs:
         if used and not allowed:
-            r.warn(key, f"has no effect without {letters}")
+            r.warn(key, f"has no effect without {letters or _forward_lacks(settings)}")
+
+
+def _forward_lacks(settings: Settings) -> str:
+    """A forward is refused whole (never half done), so say exactly what it lacks."""
+    missing = settings.forward_missing
+    if missing == "-AR":
+        return "-A and -R (the recipients stay unchanged)"
+    return f"{missing}: a forward needs both -A and -R (the recipients stay unchanged)"
 
 
 # --- [Filter] --------------------------------------------------------------------------------

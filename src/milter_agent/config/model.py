@@ -92,6 +92,14 @@ class Settings:
         """``-d N`` with N > 0: stay in the foreground (the seed's "debugging terminal")."""
         return self.daemon_mode > 0
 
+    @property
+    def forward_missing(self) -> str:
+        """The switches a forward lacks, e.g. ``-A`` or ``-AR`` ("" when it may run): a forward
+        removes and adds recipients, and doing only half of it would lose or duplicate mail."""
+        letters = ("A", self.allow_add_recipient), ("R", self.allow_remove_recipient)
+        missing = "".join(letter for letter, given in letters if not given)
+        return f"-{missing}" if missing else ""
+
 
 @dataclass(frozen=True)
 class HeaderTemplate:

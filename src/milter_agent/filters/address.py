@@ -2,8 +2,10 @@
 
 A rule applies when its sender condition matches and at least one current recipient matches
 its recipient condition (conditions ANDed; no condition = every message). Forwarding acts on
-each matching recipient: it is removed and the forward addresses are added. The recipients a
-rule sees are the ones left by the sections before it.
+each matching recipient: it is removed and the forward addresses are added. A forward is all or
+nothing: without both -A and -R it is refused whole, because removing the recipient without
+adding the targets would lose the mail. The recipients a rule sees are the ones left by the
+sections before it.
 """
 
 from __future__ import annotations
@@ -30,12 +32,7 @@ def apply_address_rule(
         return []
     done: list[str] = []
     if rule.forward_recipients:
-        for rcpt in rule.matching_recipients(recipients):
-            if work.remove_recipient(rcpt, refused):
-                done.append(f"-{rcpt}")
-        for rcpt in rule.forward_recipients:
-            if work.add_recipient(rcpt, refused):
-                done.append(f"+{rcpt}")
+        done += _forward(rule, work, rule.matching_recipients(recipients), refused)
     for rcpt in rule.add_recipient:
         if work.add_recipient(rcpt, refused):
             done.append(f"+{rcpt}")
@@ -51,3 +48,17 @@ def apply_address_rule(
         if work.remove_header(name, refused):
             done.append(f"-h:{name}")
     return done or ["matched"]
+
+
+def _forward(
+    rule: AddressRule, work: MessageWork, matching: Sequence[str], refused: Refusal
+) -> list[str]:
+    """Replace the matching recipients by the forward addresses, or refuse and change nothing."""
+    missing = work.settings.forward_missing
+    if missing:
+        targets = " ".join(rule.forward_recipients)
+        refused(f"forward {', '.join(matching)} to {targets}", missing)
+        return []
+    done = [f"-{rcpt}" for rcpt in matching if work.remove_recipient(rcpt, refused)]
+    done += [f"+{rcpt}" for rcpt in rule.forward_recipients if work.add_recipient(rcpt, refused)]
+    return done

@@ -740,7 +740,8 @@ def test_warnings_for_changes_without_permission() -> None:
     )
     assert config.warnings == (
         f"{PATH}:3: add_recipient: has no effect without -A",
-        f"{PATH}:4: message_forward_recipient: has no effect without -A and -R",
+        f"{PATH}:4: message_forward_recipient: has no effect without -A and -R "
+        "(the recipients stay unchanged)",
         f"{PATH}:5: add_header_name: has no effect without -H",
         f"{PATH}:7: change_header_name: has no effect without -G",
         f"{PATH}:9: remove_header_name: has no effect without -G",
@@ -754,6 +755,17 @@ def test_warnings_for_changes_without_permission() -> None:
         ).warnings
         == ()
     )
+
+
+@pytest.mark.parametrize(("switch", "missing"), [("-A", "-R"), ("-R", "-A")])
+def test_a_forward_with_one_switch_warns_about_the_other(switch: str, missing: str) -> None:
+    """A forward is all or nothing: with only -A or only -R it changes nothing, and says so."""
+    config = parse("[Address]\nmessage_forward_recipient = b\n", switch)
+    assert config.warnings == (
+        f"{PATH}:2: message_forward_recipient: has no effect without {missing}: "
+        "a forward needs both -A and -R (the recipients stay unchanged)",
+    )
+    assert parse("[Address]\nmessage_forward_recipient = b\n", "-AR").warnings == ()
 
 
 # --- the file -----------------------------------------------------------------------------------
