@@ -3,11 +3,15 @@
 Not a second implementation: the message is fed, as milter commands encoded by the protocol
 package, to the daemon's own :class:`~milter_agent.session.Session` with the daemon's own
 services (configuration, engine, spool, negotiation), as Postfix would feed it. Real programs
-run. The report shows each section's outcome, the final answer and the changes (headers and
-recipients added or removed, a unified diff of the body).
+run, as the daemon runs them: started as root, the test drops to the user of ``-u`` first
+(and, like the daemon, refuses to stay root unless told ``-u root``). The report shows every
+section in file order with its outcome (or why it did not run: an ``[Address]`` rule that did
+not match, a section after the one that stopped the chain), the final answer and the changes
+(headers and recipients added or removed, a unified diff of the body).
 
-Exit status: 0 delivered (continue/accept), 1 rejected, 3 tempfailed, 4 discarded, 2 usage or
-configuration error.
+Exit status (``EXIT``): 0 delivered after the whole chain ran, 1 rejected, 2 usage or
+configuration error, 3 tempfailed, 4 discarded, 5 accepted by a filter (delivered; the sections
+after it did not run).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import argparse
 import asyncio
 import dataclasses
 import difflib
+import ipaddress
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -26,15 +32,37 @@ from pathlib import Path
 from typing import Any
 
 from milter_agent import protocol as p
-from milter_agent.config.options import build_parser, parse_command_line
+from milter_agent.config.options import CommandLine, build_parser, parse_command_line
 from milter_agent.daemon import Daemon
-from milter_agent.errors import ConfigError
+from milter_agent.errors import ConfigError, SpoolError
 from milter_agent.message import Message
-from milter_agent.pipeline import Decision
+from milter_agent.pipeline import Decision, StepResult, Verdict
+from milter_agent.privileges import (
+    check_installation_readable,
+    drop_to,
+    needed_paths,
+    resolve_user,
+)
 from milter_agent.protocol.constants import Action, ProtocolFlag
 from milter_agent.session import Session
 
-EXIT = {"continue": 0, "accept": 0, "reject": 1, "tempfail": 3, "discard": 4}
+EXIT = {"continue": 0, "reject": 1, "tempfail": 3, "discard": 4, "accept": 5}
+EXIT_USAGE = 2
+EXIT_STATUS = """\
+exit status:
+  0  delivered: the whole chain ran (continue)
+  1  rejected
+  2  usage or configuration error
+  3  tempfailed
+  4  discarded
+  5  accepted by a filter: delivered, the sections after it did not run"""
+TEST_DESCRIPTION = """\
+Run the pipeline on a message file without an MTA, and report what every
+section did, the answer and the changes. The daemon's options (-c FILE,
+-u USER, -H, -B, -X, ...: see milter-agent --help) are accepted too and mean
+the same. As root, filters run as the user of -u, as in the daemon."""
+NOT_MATCHED, NOT_REACHED = "not matched", "not reached"
+_HELP = ("-h", "--help")
 _CHUNK = 65535
 
 
@@ -46,6 +74,28 @@ class Envelope:
     client_name: str = "localhost"
     helo: str = "localhost"
     queue_id: str = "OFFLINE"
+
+    @property
+    def family(self) -> str:
+        """The milter protocol's address family of the client: "6" or "4"."""
+        return "6" if ipaddress.ip_address(self.client_addr).version == 6 else "4"
+
+
+def bare_address(text: str) -> str:
+    """An address without its ``<>`` (given with or without): they are added once, on the
+    wire, so ``<b@y>`` never becomes ``<<b@y>>``. ``<>`` is the null sender."""
+    address = text.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1].strip()
+    return address
+
+
+def ip_address(text: str) -> str:
+    """--client-addr: an IPv4 or IPv6 address, as an MTA would report it."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
 @dataclass(slots=True)
@@ -67,8 +117,10 @@ class Report:
     def text(self) -> str:
         lines = ["sections:"]
         for step in self.steps:
+            ran = step["outcome"] not in (NOT_MATCHED, NOT_REACHED)
+            took = f" ({step['ms']} ms)" if ran else ""
             detail = f"  [{step['detail']}]" if step["detail"] else ""
-            lines.append(f"  {step['name']}: {step['outcome']} ({step['ms']} ms){detail}")
+            lines.append(f"  {step['name']}: {step['outcome']}{took}{detail}")
         if not self.steps:
             lines.append("  (none applied)")
         lines.append(f"answer: {self.verdict}" + (f"  {self.reply}" if self.reply else ""))
@@ -112,7 +164,7 @@ def commands(envelope: Envelope, headers: list[tuple[str, str]], body: bytes) ->
     out: list[p.Command] = [
         p.OptNeg(6, Action(0x1FF), ProtocolFlag(0x1FFFFF)),
         p.Macro(b"C", client),
-        p.Connect(envelope.client_name, "4", 25, envelope.client_addr),
+        p.Connect(envelope.client_name, envelope.family, 25, envelope.client_addr),
         p.Helo(envelope.helo),
         p.Macro(b"M", {"{mail_addr}": envelope.sender}),
         p.Mail(f"<{envelope.sender}>"),
@@ -145,9 +197,27 @@ async def drive(session: Session, script: Sequence[p.Command]) -> list[p.Respons
     return answered
 
 
-def report(decision: Decision, answered: list[p.Response], body: bytes) -> Report:
-    out = Report(verdict=decision.verdict.value)
-    for step in decision.steps:
+def section_steps(names: Sequence[str], decision: Decision | None) -> list[StepResult]:
+    """Every section in file order with what it did, or why it did nothing: an [Address]
+    rule that did not match leaves no step in the decision, nor does any section after the
+    one that stopped the chain (or all of them, when the pipeline never ran)."""
+    steps = {step.name: step for step in decision.steps} if decision else {}
+    ran = [i for i, name in enumerate(names) if name in steps]
+    stopped = decision is None or decision.verdict is not Verdict.CONTINUE
+    last = ran[-1] if ran else -1
+    out = [
+        steps.get(name) or StepResult(name, NOT_REACHED if stopped and i > last else NOT_MATCHED)
+        for i, name in enumerate(names)
+    ]
+    # and what is not a section: the session's own failure (spool, pipeline error)
+    return out + [step for name, step in steps.items() if name not in set(names)]
+
+
+def report(
+    decision: Decision | None, answered: list[p.Response], body: bytes, names: Sequence[str]
+) -> Report:
+    out = Report(verdict=(decision or Decision()).verdict.value)
+    for step in section_steps(names, decision):
         out.steps.append(
             {
                 "name": step.name,
@@ -178,45 +248,83 @@ def report(decision: Decision, answered: list[p.Response], body: bytes) -> Repor
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(the daemon's options, ours): the daemon's parser claims its options and their values."""
+    """(the daemon's options, ours): the daemon's parser claims its options and their values.
+    ``-h``/``--help`` stay ours, so that they show this subcommand's help."""
+    args = list(argv)
     try:
-        _, ours = build_parser().parse_known_args(list(argv))
+        _, ours = build_parser().parse_known_args([a for a in args if a not in _HELP])
     except ConfigError:
-        return [], list(argv)  # let our parser report the problem
+        return [], args  # let our parser report the problem
     daemon: list[str] = []
     rest = iter(ours)
     pending = next(rest, None)
-    for arg in argv:
+    for arg in args:
+        if arg in _HELP:
+            continue
         if arg == pending:
             pending = next(rest, None)
         else:
             daemon.append(arg)
-    return daemon, list(ours)
+    return daemon, [a for a in args if a in _HELP] + list(ours)
+
+
+def build_test_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="milter-agent test",
+        usage="%(prog)s [daemon options] --from SENDER --rcpt RCPT [--rcpt RCPT ...] "
+        "[options] MESSAGE",
+        description=TEST_DESCRIPTION,
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("message", type=Path, help="the message file (RFC 5322, LF or CRLF)")
+    parser.add_argument(
+        "--from",
+        dest="sender",
+        required=True,
+        type=bare_address,
+        help='envelope sender, with or without <> ("" or <> for the null sender)',
+    )
+    parser.add_argument(
+        "--rcpt",
+        action="append",
+        required=True,
+        type=bare_address,
+        help="a recipient, with or without <> (repeat for more)",
+    )
+    parser.add_argument(
+        "--client-addr",
+        default="127.0.0.1",
+        type=ip_address,
+        metavar="ADDR",
+        help="client IPv4 or IPv6 address (default: 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--client-name",
+        default="localhost",
+        metavar="NAME",
+        help="client host name (default: localhost)",
+    )
+    parser.add_argument(
+        "--helo", default="localhost", metavar="NAME", help="HELO/EHLO name (default: localhost)"
+    )
+    parser.add_argument(
+        "--queue-id", default="OFFLINE", metavar="ID", help="queue id (default: OFFLINE)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
 
 
 def run_test(argv: Sequence[str]) -> int:
     """``milter-agent test ...``: see the module docstring."""
-    parser = argparse.ArgumentParser(
-        prog="milter-agent test",
-        description="Run the pipeline on a message file, without an MTA. Other options "
-        "(-c, -H, -B, -X, ...) are the daemon's.",
-    )
-    parser.add_argument("message", type=Path, help="the message file (RFC 5322, LF or CRLF)")
-    parser.add_argument("--from", dest="sender", required=True, help="envelope sender")
-    parser.add_argument("--rcpt", action="append", required=True, help="a recipient (repeat)")
-    parser.add_argument("--client-addr", default="127.0.0.1")
-    parser.add_argument("--client-name", default="localhost")
-    parser.add_argument("--helo", default="localhost")
-    parser.add_argument("--queue-id", default="OFFLINE")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
     daemon_args, ours = split_arguments(argv)
-    options = parser.parse_args(ours)
+    options = build_test_parser().parse_args(ours)
     try:
         command_line = parse_command_line(daemon_args)
         data = options.message.read_bytes()
     except (ConfigError, OSError) as exc:
         print(f"milter-agent test: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     envelope = Envelope(
         options.sender,
         options.rcpt,
@@ -227,18 +335,33 @@ def run_test(argv: Sequence[str]) -> int:
     )
     try:
         result = asyncio.run(test_message(command_line, envelope, data))
-    except ConfigError as exc:
+    except (ConfigError, SpoolError) as exc:
         print(f"milter-agent test: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(result.as_json() if options.json else result.text(), end="")
     return EXIT[result.verdict]
 
 
-async def test_message(command_line: Any, envelope: Envelope, data: bytes) -> Report:
+def become_user(daemon: Daemon, command_line: CommandLine, spool_dir: Path) -> None:
+    """As the daemon does after binding: as root, become the user of ``-u`` (root only when
+    asked with ``-u root``), so that filters run with the rights they will have in service.
+    The private spool is handed to that user first."""
+    account = resolve_user(daemon.store.current.settings.user, command_line.given("user"))
+    owner = account.owner if account else None
+    if owner is not None:
+        os.chown(spool_dir, *owner)
+    daemon.spool.prepare(owner)
+    if account is not None:
+        needed = needed_paths()
+        drop_to(account)
+        check_installation_readable(account, needed)
+
+
+async def test_message(command_line: CommandLine, envelope: Envelope, data: bytes) -> Report:
     """The report for one message, through the daemon's own session and services."""
     with tempfile.TemporaryDirectory(prefix="milter-agent-test-") as spool_dir:
         daemon = Daemon(command_line, spool_dir=spool_dir)
-        daemon.spool.prepare()
+        become_user(daemon, command_line, Path(spool_dir))
         seen: list[Decision] = []
 
         def done(_message: Message, decision: Decision, _seconds: float) -> None:
@@ -249,5 +372,5 @@ async def test_message(command_line: Any, envelope: Envelope, data: bytes) -> Re
         headers, body = split_message(data)
         answered = await drive(session, commands(envelope, headers, body))
         session.close()
-    decision = seen[-1] if seen else Decision()
-    return report(decision, answered, body)
+    names = [section.name for section in daemon.engine.config.sections]
+    return report(seen[-1] if seen else None, answered, body, names)
