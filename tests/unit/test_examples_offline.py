@@ -4,6 +4,9 @@ and spamc, as a postmaster would try them with `milter-agent test`."""
 from __future__ import annotations
 
 import json
+import logging
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from milter_agent.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ME = pwd.getpwuid(os.geteuid()).pw_name  # run the filters as ourselves (as root: -u root)
 
 FAKE_CLAMDSCAN = """#!/bin/sh
 # stand-in for clamdscan --stream -: reads the message on stdin
@@ -59,7 +63,10 @@ def run(
     eml = tmp_path / "m.eml"
     eml.write_bytes(b"From: " + sender.encode() + b"\nSubject: test\n" + headers + b"\n" + body)
     code = main(
-        ["test", "-c", str(conf), "--from", sender, "--rcpt", "b@example.org", str(eml), "--json"]
+        [
+            *("test", "-u", ME, "-c", str(conf), "--from", sender),
+            *("--rcpt", "b@example.org", str(eml), "--json"),
+        ]
     )
     return code, json.loads(capsys.readouterr().out)
 
@@ -113,3 +120,45 @@ def test_disclaimer_for_our_plain_text_mail_only(
         conf, tmp_path, capsys, b"--b\n", headers=b"Content-Type: multipart/mixed; boundary=b\n"
     )
     assert report["body_diff"] == ""
+
+
+@pytest.mark.parametrize(
+    ("headers", "changed"),
+    [
+        (b"Content-Type: text/plain; charset=utf-8\n", True),
+        (b"MIME-Version: 1.0\nContent-Type: Text/Plain\n", True),
+        (b"Content-Type: text/html; charset=utf-8\n", False),
+        (b"Content-Type:multipart/mixed;boundary=b\n", False),
+        (b"Content-Type:\n  multipart/alternative;\n\tboundary=b\n", False),
+        (b"content-type : MULTIPART/MIXED ; boundary=b\n", False),
+        (b"Content-Type: text/plain\nContent-Transfer-Encoding:BASE64\n", False),
+    ],
+)
+def test_disclaimer_only_for_single_part_plain_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], headers: bytes, changed: bool
+) -> None:
+    conf = example(tmp_path, "disclaimer.conf")
+    code, report = run(conf, tmp_path, capsys, b"hello\n", headers=headers)
+    assert code == 0
+    assert bool(report["body_diff"]) is changed, report["body_diff"]
+    if changed:
+        assert str(report["body_diff"]).endswith(
+            " hello\r\n+\r\n+-- \r\n+This message is confidential.\r\n"
+        )
+
+
+def test_spamassassin_skips_messages_over_500k(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "milter_agent.engine")
+    conf = example(tmp_path, "spamassassin.conf")
+    line = b"buy viagra now " * 4 + b"\n"
+    big = line * (500 * 1024 // len(line) + 1)  # just over 500k with the headers
+    code, report = run(conf, tmp_path, capsys, big)
+    assert code == 0 and report["headers_added"] == []
+    assert [s["outcome"] for s in report["steps"]] == ["skipped:max_message_size"]  # type: ignore[index]
+    assert "filter spamassassin skipped:" in caplog.text and "over max_message_size" in caplog.text
+    small = line * (480 * 1024 // len(line))
+    code, report = run(conf, tmp_path, capsys, small)
+    assert [s["outcome"] for s in report["steps"]] == ["continue"]  # type: ignore[index]
+    assert report["headers_added"][0] == ["X-Spam-Flag", "YES"]  # type: ignore[index]
