@@ -8,6 +8,7 @@ file's value (or the default) alone. Nothing here reads the config file.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
@@ -134,7 +135,8 @@ def parse_command_line(
     given = vars(build_parser(prog).parse_args(argv))
     if given.pop("all_switches", False):
         given.update({_BY_LETTER[letter]: True for letter in ALL_LETTERS})
-    config_path = given.pop("config_path", DEFAULT_CONFIG_PATH)
+    # absolute now: -d 0 changes to / before any reload reads the file again
+    config_path = os.path.abspath(given.pop("config_path", DEFAULT_CONFIG_PATH))
     check = given.pop("check", False)
     return CommandLine(
         config_path=config_path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from milter_agent import __version__
@@ -231,3 +233,12 @@ def test_help_lists_every_letter() -> None:
     text = build_parser().format_help()
     for letter in "hVvcpitul dmARHGBaCEFTMXI1Qn".replace(" ", ""):
         assert f"-{letter}" in text, letter
+
+
+def test_a_relative_config_path_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-d 0 changes to / after start: a reload must still find a file given as -c x.conf."""
+    monkeypatch.chdir(tmp_path)
+    assert parse_command_line(["-c", "x.conf"]).config_path == str(tmp_path / "x.conf")
+    assert parse_command_line(["-c", "./etc/../y.conf"]).config_path == str(tmp_path / "y.conf")
