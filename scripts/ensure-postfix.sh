@@ -1,8 +1,11 @@
 #!/bin/bash
 # ensure-postfix.sh - make sure the MTA tools the tests need are installed (Debian/Ubuntu).
 #
-#   postfix     (Debian package postfix)    private instances for tests/e2e
-#   miltertest  (Debian package miltertest) independent milter client for tests/conformance
+#   postfix          (Debian package postfix)    private instances for tests/e2e
+#   miltertest       (Debian package miltertest) independent milter client for tests/conformance
+#   groff            (Debian package groff-base) renders the man pages (tests/unit/test_manpages.py)
+#   systemd-analyze  (Debian package systemd)    verifies contrib/milter-agent.service
+#                                                (tests/unit/test_contrib.py)
 #
 # Quiet and quick when everything is there. Otherwise, as root, installs the missing
 # packages non-interactively; `apt-get update` runs only if the package is not known to apt
@@ -23,9 +26,11 @@ esac
 declare -A probe=(
   [postfix]=/usr/sbin/postfix
   [miltertest]=/usr/bin/miltertest
+  [groff-base]=/usr/bin/groff
+  [systemd]=/usr/bin/systemd-analyze
 )
 missing=()
-for pkg in postfix miltertest; do
+for pkg in postfix miltertest groff-base systemd; do
   [ -x "${probe[$pkg]}" ] || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
