@@ -188,23 +188,41 @@ class AddressList(_MatchList):
     """A list of envelope addresses.
 
     Exact: angle brackets stripped, domain case-insensitive, local part exact; an item without
-    ``@`` is a local part and matches it at any domain. Regex: case-insensitive search in the
-    address without angle brackets (the null sender is the empty string, matched by ``^$``).
+    ``@`` is a local part and matches it at any domain; an item ``@domain`` matches every
+    address at that domain (not its subdomains). Regex: case-insensitive search in the address
+    without angle brackets (the null sender is the empty string, matched by ``^$``).
     """
 
     _exact: frozenset[str] = field(init=False, repr=False, compare=False)
     _local_parts: frozenset[str] = field(init=False, repr=False, compare=False)
+    _domains: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if "@" in self.items:
+            raise PatternError("'@' alone is not an address: write @domain for a whole domain")
         exact = frozenset(map(normalize_address, self.items))
         object.__setattr__(self, "_exact", exact)
         object.__setattr__(self, "_local_parts", frozenset(i for i in exact if "@" not in i))
+        domains = frozenset(i[1:] for i in exact if i.startswith("@") and "@" not in i[1:])
+        object.__setattr__(self, "_domains", domains)
+
+    @property
+    def domain_like_items(self) -> tuple[str, ...]:
+        """Items without ``@`` that look like a domain (for "did you mean @domain" warnings):
+        they match only that local part, which is rarely what was meant."""
+        return tuple(
+            item
+            for item in self.items
+            if "@" not in item and "." in item and not (self.regex and has_regex_metachars(item))
+        )
 
     def _matches_exactly(self, value: str) -> bool:
         address = normalize_address(value)
-        local, at, _ = address.rpartition("@")
-        return address in self._exact or (bool(at) and local in self._local_parts)
+        local, at, domain = address.rpartition("@")
+        if address in self._exact:
+            return True
+        return bool(at) and (local in self._local_parts or domain in self._domains)
 
     def _search_target(self, value: str) -> str:
         bare = value.strip()

@@ -410,15 +410,25 @@ def _pattern_list(
             r.problems.error(entry.line, key, str(exc))
             continue
         items.extend(words)
-        if not settings.regex:
-            for item in checked.regex_like_items:
-                r.problems.warn(
-                    entry.line,
-                    key,
-                    f"{item!r} looks like a regular expression but regex mode is off "
-                    "(-X or regex = yes): it only matches exactly",
-                )
+        for warning in _list_warnings(checked, settings):
+            r.problems.warn(entry.line, key, warning)
     return make(tuple(items), settings.regex) if items else None
+
+
+def _list_warnings(checked: AddressList | SubjectList, settings: Settings) -> list[str]:
+    """Items that are valid but probably do not mean what was meant."""
+    found = [
+        f"{item!r} looks like a regular expression but regex mode is off "
+        "(-X or regex = yes): it only matches exactly"
+        for item in (() if settings.regex else checked.regex_like_items)
+    ]
+    if isinstance(checked, AddressList):
+        found += [
+            f"{item!r} has no '@', so it matches the local part {item} at any domain; "
+            f"write @{item} to match every address at that domain"
+            for item in checked.domain_like_items
+        ]
+    return found
 
 
 def _cron(r: _Reader, key: str) -> tuple[CronExpression, ...]:

@@ -50,6 +50,40 @@ def test_a_bare_local_part_matches_at_any_domain() -> None:
     assert not items.matches("User1@any.example")
 
 
+def test_an_at_domain_item_matches_every_address_at_that_domain() -> None:
+    """The postmaster's "@example.com": anyone there, the domain case-insensitive."""
+    items = AddressList(("@example.com", "user@example.org"))
+    assert items.matches("u@example.com")
+    assert items.matches("<Some.One@EXAMPLE.com>")
+    assert not items.matches("u@sub.example.com")  # subdomains are other domains
+    assert not items.matches("u@example.com.evil.org")
+    assert not items.matches("example.com")
+    assert not items.matches("")  # the null sender
+    assert not items.matches("other@example.org")  # an item with a local part stays exact
+    assert items.matches("user@Example.ORG")
+
+
+def test_an_at_domain_item_in_regex_mode() -> None:
+    """-X: the item has no metacharacter, so it is still the domain; a regex item that starts
+    with "@" is searched, as the seed does."""
+    items = AddressList(("@example.com", r"@example\.(net|org)$"), regex=True)
+    assert items.matches("u@example.com")
+    assert not items.matches("u@examplexcom")
+    assert items.matches("u@EXAMPLE.NET")
+    assert items.matches("u@example.org")
+    assert not items.matches("u@example.org.evil")
+
+
+def test_the_brief_example_and_a_lone_at() -> None:
+    items = AddressList(("@example.com", "example.org"))
+    assert items.matches("u@example.com")
+    assert not items.matches("u@example.org")  # a bare item is a local part (see warnings)
+    assert items.matches("example.org@anywhere.example")
+    assert items.domain_like_items == ("example.org",)
+    with pytest.raises(PatternError, match="'@' alone is not an address"):
+        AddressList(("a@b.example", "@"))
+
+
 def test_list_of_exact_items() -> None:
     items = AddressList(("test@home.jp", "test@home.us"))
     assert items.matches("test@home.us")

@@ -768,6 +768,26 @@ def test_a_forward_with_one_switch_warns_about_the_other(switch: str, missing: s
     assert parse("[Address]\nmessage_forward_recipient = b\n", "-AR").warnings == ()
 
 
+def test_a_bare_domain_in_an_address_list_warns_and_at_domain_does_not() -> None:
+    config = parse(
+        """
+        [Filter]
+        task_name = t
+        exec_cmd = /bin/t
+        run_message_recipient = "@example.com example.org"
+        skip_recipient = "john.smith@example.com @example.net"
+        """
+    )
+    assert config.warnings == (
+        f"{PATH}:5: run_message_recipient: 'example.org' has no '@', so it matches the local "
+        "part example.org at any domain; write @example.org to match every address at that "
+        "domain",
+    )
+    spec = only_filter(config)
+    assert spec.run_message_recipient is not None
+    assert spec.run_message_recipient.matches("u@example.com")
+
+
 # --- the file -----------------------------------------------------------------------------------
 
 
