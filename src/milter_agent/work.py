@@ -227,6 +227,11 @@ class MessageWork:
                 changes.change_headers.append((entry.name, entry.index, ""))
             elif entry.raw != entry.original_raw:
                 changes.change_headers.append((entry.name, entry.index, entry.raw[1:]))
+        # Highest index first: Postfix renumbers the headers of a name after a deletion
+        # (deleting X-Dup 1 makes the old X-Dup 2 the new 1), Sendmail keeps the numbers.
+        # Working from the bottom up, no change moves a header that a later change names,
+        # so both MTAs hit the header meant. (A stable sort: equal indexes keep their order.)
+        changes.change_headers.sort(key=lambda change: -change[1])
         return changes
 
     def cleanup(self, keep_body: bool) -> None:

@@ -1,4 +1,5 @@
-"""The seed's four address-filter examples, as written, through the real Postfix.
+"""The seed's four address-filter examples, as written, through the real Postfix, and
+changes to a header that occurs several times.
 
 Postfix qualifies bare local parts (``user3``) with $myorigin, here ``mh.localdomain``.
 """
@@ -6,10 +7,14 @@ Postfix qualifies bare local parts (``user3``) with $myorigin, here ``mh.localdo
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from milter_agent.config.model import Settings
 from support.daemon import MilterAgentDaemon
+from support.header_cases import INDEX_CASES, REMOVE_DUPS, dups_message
+from support.inproc import serve
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
@@ -17,6 +22,7 @@ from support.smtp import build_message, send_message
 Agent = Callable[..., MilterAgentDaemon]
 ARGS = ["--socket-mode", "0666", "-ARHGX"]
 ORIGIN = "mh.localdomain"
+HEADER_SETTINGS = Settings(allow_add_header=True, allow_change_header=True)
 
 EXAMPLES = {
     "add watcher to pair": (
@@ -117,3 +123,34 @@ def test_without_permission_the_change_is_refused_and_logged(
     log = agent.log_text()
     assert "add recipient watching_user refused: option -A is not given" in log
     assert log.count("refused: option -A") == 1  # once per filter, not per message
+
+
+# --- repeated headers: CHGHEADER indexes (see support/header_cases.py) ---------------------------
+
+
+def test_removing_a_repeated_header_removes_every_copy(
+    postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
+) -> None:
+    mark = postfix.log_mark()
+    agent = milter_agent(REMOVE_DUPS, extra_args=[*ARGS[:2], "-G"])
+    postfix.set_milter(agent.postfix_spec)
+    result = send_message(postfix.address, "a@example.org", ["b@example.net"], dups_message())
+    assert result.accepted, result
+    (msg,) = sink.wait_for(1)
+    assert (msg.header_values("X-Dup"), msg.header_values("X-Keep")) == ([], ["kept"])
+    assert "warning" not in postfix.log_text(mark).lower()
+
+
+@pytest.mark.parametrize("case", list(INDEX_CASES))
+def test_changes_to_repeated_headers_hit_the_header_meant(
+    case: str, tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink
+) -> None:
+    edit, expected = INDEX_CASES[case]
+    mark = postfix.log_mark()
+    with serve(edit, tmp_path, HEADER_SETTINGS) as spec:
+        postfix.set_milter(spec)
+        result = send_message(postfix.address, "a@example.org", ["b@example.net"], dups_message())
+        assert result.accepted, result
+        (msg,) = sink.wait_for(1)
+    assert (msg.header_values("X-Dup"), msg.header_values("X-Keep")) == (expected, ["kept"])
+    assert "warning" not in postfix.log_text(mark).lower()

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from milter_agent.config.model import Settings
 from support.daemon import MilterAgentDaemon
+from support.header_cases import INDEX_CASES, REMOVE_DUPS, dups_message
+from support.inproc import serve
 from support.sendmail import LOCAL_DOMAIN_AT_SINK, SendmailInstance, sendmail_queue_id
 from support.sink import SmtpSink
 from support.smtp import SmtpResult, build_message, make_body, send_message
@@ -439,4 +442,32 @@ def test_progress_packets_keep_a_slow_filter_within_sendmails_read_timeout(
     assert result.accepted, result
     assert time.monotonic() - started >= 3
     sink.wait_for(1)
+    no_milter_trouble(sendmail, mark)
+
+
+def test_removing_a_repeated_header_removes_every_copy(
+    sendmail: SendmailInstance, sink: SmtpSink, milter_agent: Agent
+) -> None:
+    mark = sendmail.log_mark()
+    start(milter_agent, sendmail, REMOVE_DUPS, "-G")
+    result = send_message(sendmail.address, "a@example.org", ["b@example.net"], dups_message())
+    assert result.accepted, result
+    (msg,) = sink.wait_for(1)
+    assert (msg.header_values("X-Dup"), msg.header_values("X-Keep")) == ([], ["kept"])
+    no_milter_trouble(sendmail, mark)
+
+
+@pytest.mark.parametrize("case", list(INDEX_CASES))
+def test_changes_to_repeated_headers_hit_the_header_meant(
+    case: str, tmp_path: Path, sendmail: SendmailInstance, sink: SmtpSink
+) -> None:
+    edit, expected = INDEX_CASES[case]
+    mark = sendmail.log_mark()
+    settings = Settings(allow_add_header=True, allow_change_header=True)
+    with serve(edit, tmp_path, settings) as spec:
+        sendmail.set_milter(spec)
+        result = send_message(sendmail.address, "a@example.org", ["b@example.net"], dups_message())
+        assert result.accepted, result
+        (msg,) = sink.wait_for(1)
+    assert (msg.header_values("X-Dup"), msg.header_values("X-Keep")) == (expected, ["kept"])
     no_milter_trouble(sendmail, mark)

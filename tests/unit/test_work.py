@@ -1,0 +1,62 @@
+"""The working copy of a message: header indexes, the rewritten spool file, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from milter_agent.config.model import Settings
+from milter_agent.message import Client, Message
+from milter_agent.spool import Spool
+from milter_agent.work import MessageWork
+
+DUPS = [("X-Dup", " one"), ("Subject", " s"), ("X-Dup", " two"), ("X-Dup", " three")]
+BODY = b"body\r\n"
+ALL = Settings(
+    allow_add_header=True,
+    allow_change_header=True,
+    allow_add_recipient=True,
+    allow_remove_recipient=True,
+)
+
+
+def never(what: str, switch: str) -> None:
+    raise AssertionError(f"refused: {what} {switch}")
+
+
+def work_for(tmp_path: Path, settings: Settings = ALL) -> MessageWork:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    path = spool.directory / "m.msg"
+    head = b"".join(f"{n}:{v}\r\n".encode() for n, v in DUPS)
+    path.write_bytes(head + b"\r\n" + BODY)
+    message = Message(
+        Client("c", "192.0.2.1", 25, "4", "h"),
+        "<a@example.com>",
+        recipients=["<b@example.com>"],
+        headers=list(DUPS),
+        macros={"i": "QID7"},
+        spool_path=path,
+        size=path.stat().st_size,
+        body_size=len(BODY),
+    )
+    return MessageWork(message, spool, settings)
+
+
+def test_changes_of_one_name_are_sent_from_the_highest_index_down(tmp_path: Path) -> None:
+    work = work_for(tmp_path)
+    work.remove_header("X-Dup", never)
+    work.change_header("Subject", "new", never)
+    assert work.net_changes().change_headers == [
+        ("X-Dup", 3, ""),
+        ("X-Dup", 2, ""),
+        ("X-Dup", 1, ""),
+        ("Subject", 1, "new"),
+    ]
+
+
+def test_a_change_after_a_deletion_names_the_original_occurrence(tmp_path: Path) -> None:
+    work = work_for(tmp_path)
+    work.entries[0].deleted = True  # the first X-Dup
+    work.change_header("X-Dup", "new", never)  # now the first live one: the old second
+    assert work.net_changes().change_headers == [("X-Dup", 2, "new"), ("X-Dup", 1, "")]
+    assert work.header("X-Dup") == "new"
