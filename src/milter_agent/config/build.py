@@ -124,6 +124,7 @@ def build_config(
     """Settings first (the file, then explicit options over it), then the sections, which
     depend on them (regex mode decides how lists compile)."""
     settings = command_line.apply(_file_settings(sections, problems))
+    _check_unique_names(sections, problems)
     built: list[Section] = []
     address_number = 0
     for raw in sections:
@@ -137,7 +138,6 @@ def build_config(
             section = _build_filter(reader, settings)
         if section is not None:
             built.append(section)
-    _check_unique_names(built, problems)
     return settings, tuple(built)
 
 
@@ -152,16 +152,33 @@ def _file_settings(sections: Sequence[RawSection], problems: Problems) -> Settin
     return replace(Settings(), **given)
 
 
-def _check_unique_names(sections: Sequence[Section], problems: Problems) -> None:
+def _check_unique_names(sections: Sequence[RawSection], problems: Problems) -> None:
+    """From the raw entries, so a duplicate is reported even when a section has other errors
+    (which keep it from being built): every error of the file shows in one pass."""
     seen: dict[str, int] = {}
-    for section in sections:
-        if section.name in seen:
-            problems.error(
-                section.line,
-                "task_name",
-                f"{section.name!r} is already used by the section at line {seen[section.name]}",
-            )
-        seen.setdefault(section.name, section.line)
+    address_number = 0
+    for raw in sections:
+        address_number += raw.kind == "address"
+        name, line = _raw_name(raw, address_number)
+        if name is None:
+            continue
+        if name in seen:
+            message = f"{name!r} is already used by the section at line {seen[name]}"
+            problems.error(line, "task_name", message)
+        seen.setdefault(name, raw.line)
+
+
+def _raw_name(raw: RawSection, address_number: int) -> tuple[str | None, int]:
+    """A section's name and where it is given; an [Address] without one gets address-N."""
+    given = next((entry for entry in raw.entries if entry.key == "task_name"), None)
+    if given is not None:
+        try:
+            return v.parse_name(given.value), given.line
+        except ValueError:
+            return None, given.line  # reported as a bad name by the section itself
+    if raw.kind == "address":
+        return f"address-{address_number}", raw.line
+    return None, raw.line
 
 
 # --- [Address] -------------------------------------------------------------------------------
@@ -276,7 +293,7 @@ def _build_filter(r: _Reader, settings: Settings) -> FilterSpec | None:
     errors_before = len(r.problems.errors)
     name = r.one("task_name", v.parse_name)
     if name is None and not r.entries("task_name"):
-        r.error(None, "a [Filter] needs a task_name")
+        r.error("task_name", "missing: every [Filter] needs a name")
     module_name = r.one("module_name", _module_name)
     argv = _argv(r, module_name is not None)
     codes = {key: _exit_codes(r, key) for key in _EXIT_CODE_KEYS}
@@ -344,7 +361,7 @@ def _argv(r: _Reader, is_module: bool) -> tuple[ArgTemplate, ...]:
     entries = r.entries("exec_cmd")
     if not entries:
         if not is_module:
-            r.error(None, "a [Filter] needs exec_cmd (a program to run) or module_name")
+            r.error("exec_cmd", "missing: a [Filter] needs a program to run or a module_name")
         return ()
     argv = r.convert(entries[0], _split_templates)
     if argv is None:

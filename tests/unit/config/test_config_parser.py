@@ -537,14 +537,41 @@ def test_duplicate_task_names() -> None:
         add_recipient = b
         """
     )
-    assert found == [f"{PATH}:5: task_name: 'same' is already used by the section at line 2"]
+    assert found == [f"{PATH}:6: task_name: 'same' is already used by the section at line 2"]
+
+
+def test_duplicate_task_names_are_found_in_broken_sections_too() -> None:
+    """Every error in one pass: the duplicate is reported beside the sections' own errors."""
+    found = errors_of(
+        """
+        [Filter]
+        task_name = scan
+        exec_cmd = /bin/a %q
+        [Filter]
+        task_name = scan
+        task_timeout = soon
+        [Address]
+        add_recipient = x
+        [Address]
+        task_name = address-1
+        add_recipient = "<bad"
+        """
+    )
+    assert found[0].startswith(f"{PATH}:4: exec_cmd: unknown variable %q")
+    assert found[1:] == [
+        f"{PATH}:5: exec_cmd: missing: a [Filter] needs a program to run or a module_name",
+        f"{PATH}:6: task_name: 'scan' is already used by the section at line 2",
+        f"{PATH}:7: task_timeout: expected a number of seconds, got 'soon'",
+        f"{PATH}:11: task_name: 'address-1' is already used by the section at line 8",
+        f"{PATH}:12: add_recipient: '<bad' has unbalanced or misplaced angle brackets",
+    ]
 
 
 def test_filter_needs_a_name_and_a_program() -> None:
     found = errors_of("\n[Filter]\ntask_timeout = 1\n")
     assert found == [
-        f"{PATH}:2: a [Filter] needs a task_name",
-        f"{PATH}:2: a [Filter] needs exec_cmd (a program to run) or module_name",
+        f"{PATH}:2: task_name: missing: every [Filter] needs a name",
+        f"{PATH}:2: exec_cmd: missing: a [Filter] needs a program to run or a module_name",
     ]
 
 
@@ -677,8 +704,8 @@ def test_all_errors_are_collected_in_one_pass_in_line_order() -> None:
         )
     error = caught.value
     lines = [e.line for e in error.errors]
-    assert lines == [2, 5, 6, 7, 9]
-    assert str(error).startswith(f"{PATH}: 5 errors:\n  {PATH}:2: regex: expected yes/no")
+    assert lines == [2, 5, 6, 7, 9, 11]  # 11: 'a' again, though the first 'a' is broken
+    assert str(error).startswith(f"{PATH}: 6 errors:\n  {PATH}:2: regex: expected yes/no")
     assert all(str(e) in str(error) for e in error.errors)
     assert isinstance(error, ConfigError)
 
