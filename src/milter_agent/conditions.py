@@ -8,6 +8,8 @@ file:line error) and the pipeline calls ``matches``.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -127,24 +129,77 @@ def normalize_address(address: str) -> str:
     return f"{local}@{domain.lower()}" if at else bare
 
 
+def list_items(text: str) -> list[str]:
+    """The items of a space-separated list value, split at ASCII spaces and tabs only.
+
+    ``str.split()`` would also split at NEL (U+0085), NBSP and the other Unicode spaces, so
+    ``a\x85b@x`` would become the two valid items ``a`` and ``b@x``; kept whole, such an item
+    is refused (addresses) or simply never matches.
+    """
+    return [item for item in _LIST_SEPARATOR.split(text) if item]
+
+
 def check_address(address: str) -> str:
     """Validate an address the daemon will give to the MTA; return it without angle brackets.
 
-    Bare local parts (``user3``) are valid: the MTA qualifies them.
+    A simple RFC 5321 mailbox: a local part (atoms and dots, or a quoted string) and an
+    optional ``@domain`` (names, or an address literal in ``[]``). Bare local parts (``user3``)
+    are valid: the MTA qualifies them. Non-ASCII letters are allowed (SMTPUTF8); controls,
+    format characters and spaces of any kind are not.
     """
     if not address:
         raise PatternError("empty address")
+    bad = next((c for c in address if unicodedata.category(c) in _NOT_IN_ADDRESS), None)
+    if bad is not None:
+        raise PatternError(f"{address!r} contains a space or control character (U+{ord(bad):04X})")
     if len(address.encode()) > MAX_ADDRESS_BYTES:
         raise PatternError(f"address longer than {MAX_ADDRESS_BYTES} bytes")
-    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in address):
-        raise PatternError(f"{address!r} contains a space or control character")
     bare = address[1:-1] if address.startswith("<") and address.endswith(">") else address
     if "<" in bare or ">" in bare:
         raise PatternError(f"{address!r} has unbalanced or misplaced angle brackets")
-    local, at, domain = bare.rpartition("@")
+    local, at, domain = bare.rpartition("@") if "@" in bare else (bare, "", "")
     if not bare or (at and (not local or not domain)):
         raise PatternError(f"{address!r} is not an address")
+    problem = _local_part_problem(local) or (_domain_problem(domain) if at else None)
+    if problem:
+        raise PatternError(f"{address!r} is not an address: {problem}")
     return bare
+
+
+#: Unicode categories that make no sense in an address: controls (C0, DEL and C1 such as NEL
+#: U+0085 or CSI U+009B), format characters (zero-width, direction marks), surrogates (bytes
+#: that were not UTF-8) and every kind of space, NBSP included.
+_NOT_IN_ADDRESS = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
+#: RFC 5322 specials: outside quotes and address literals they end or break an address
+#: (``x,y@x`` is a list of two, ``a(b@x`` opens a comment, which an envelope cannot have).
+_SPECIALS = frozenset('()<>[]:;@\\,"')
+_LIST_SEPARATOR = re.compile(r"[ \t]+")
+
+
+def _local_part_problem(local: str) -> str | None:
+    if not local.startswith('"'):
+        special = next((c for c in local if c in _SPECIALS), None)
+        return f"{special!r} in the local part must be quoted" if special else None
+    pos = 1
+    while pos < len(local) - 1:  # inside: a backslash escapes the next character, " ends
+        if local[pos] == '"':
+            break
+        pos += 2 if local[pos] == "\\" else 1
+    if len(local) < 2 or pos != len(local) - 1 or not local.endswith('"'):
+        return "unbalanced quotes in the local part"
+    return None
+
+
+def _domain_problem(domain: str) -> str | None:
+    if domain.startswith("["):
+        inside = domain[1:-1] if domain.endswith("]") else None
+        if not inside or any(c in "[]\\" for c in inside):
+            return "an address literal needs one [ and one ] around a non-empty text"
+        return None
+    special = next((c for c in domain if c in _SPECIALS), None)
+    if special:
+        return f"{special!r} in the domain"
+    return "empty label in the domain" if not all(domain.split(".")) else None
 
 
 @dataclass(frozen=True)
