@@ -202,6 +202,8 @@ def _build_address(r: _Reader, settings: Settings, number: int) -> AddressRule |
             for entry in r.entries("remove_header_name")
             for name in r.convert(entry, _header_names) or ()
         ),
+        run_time=_cron(r, "run_time"),
+        skip_time=_cron(r, "skip_time"),
     )
     if len(r.problems.errors) > errors_before:
         return None

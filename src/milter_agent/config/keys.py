@@ -204,6 +204,8 @@ ADDRESS_KEYS: Mapping[str, bool] = {
     "change_header_name": True,
     "change_header_value": True,
     "remove_header_name": True,
+    "run_time": True,
+    "skip_time": True,
 }
 
 #: [Filter] keys; True = the key may repeat (its values add up).

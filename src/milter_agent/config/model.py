@@ -138,6 +138,8 @@ class AddressRule:
     add_headers: tuple[HeaderTemplate, ...] = ()
     change_headers: tuple[HeaderTemplate, ...] = ()
     remove_headers: tuple[str, ...] = ()
+    run_time: tuple[CronExpression, ...] = ()
+    skip_time: tuple[CronExpression, ...] = ()
 
     def matching_recipients(self, recipients: Sequence[str]) -> tuple[str, ...]:
         """The recipients ``message_recipient`` selects (all of them when it is not set)."""
@@ -145,11 +147,17 @@ class AddressRule:
             return tuple(recipients)
         return tuple(rcpt for rcpt in recipients if self.message_recipient.matches(rcpt))
 
-    def applies(self, sender: str, recipients: Sequence[str]) -> bool:
-        """Sender matches (if set) AND at least one recipient matches (if set)."""
+    def applies(self, sender: str, recipients: Sequence[str], now: datetime | None = None) -> bool:
+        """Sender matches (if set) AND at least one recipient matches (if set) AND the time
+        conditions hold at ``now`` (default: the current local time)."""
         if self.message_sender is not None and not self.message_sender.matches(sender):
             return False
-        return self.message_recipient is None or bool(self.matching_recipients(recipients))
+        if self.message_recipient is not None and not self.matching_recipients(recipients):
+            return False
+        if not (self.run_time or self.skip_time):
+            return True
+        when = now or datetime.now()
+        return _time_holds(self.run_time, when) and not any_matches(self.skip_time, when)
 
 
 @dataclass(frozen=True)
@@ -255,7 +263,7 @@ class FilterSpec:
             ),
             ("run_message_subject", _holds(self.run_message_subject, subject)),
             ("skip_message_subject", not _holds_some(self.skip_message_subject, subject)),
-            ("run_time", not self.run_time or any_matches(self.run_time, now)),
+            ("run_time", _time_holds(self.run_time, now)),
             ("skip_time", not any_matches(self.skip_time, now)),
             (
                 "max_message_size",
@@ -263,6 +271,11 @@ class FilterSpec:
             ),
         )
         return next((key for key, holds in checks if not holds), None)
+
+
+def _time_holds(run_time: tuple[CronExpression, ...], when: datetime) -> bool:
+    """A run_time condition: absent, or one of its expressions matches."""
+    return not run_time or any_matches(run_time, when)
 
 
 def _holds(condition: AddressList | SubjectList | None, value: str) -> bool:

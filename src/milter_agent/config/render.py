@@ -98,6 +98,7 @@ def _render_address(rule: AddressRule, number: int) -> Iterator[str]:
     yield from _header_lines("change_header", rule.change_headers)
     if rule.remove_headers:
         yield _line("remove_header_name", " ".join(rule.remove_headers))
+    yield from _time_lines(rule)
 
 
 def _render_filter(spec: FilterSpec) -> Iterator[str]:
@@ -115,9 +116,14 @@ def _render_filter(spec: FilterSpec) -> Iterator[str]:
             yield _line(key, format_value(value))
     for key in _FILTER_LISTS:
         yield from _list_lines(key, getattr(spec, key))
-    for key in ("run_time", "skip_time"):
-        for expression in getattr(spec, key):
-            yield _line(key, expression.text)
+    yield from _time_lines(spec)
+
+
+def _time_lines(section: AddressRule | FilterSpec) -> Iterator[str]:
+    for expression in section.run_time:
+        yield _line("run_time", expression.text)
+    for expression in section.skip_time:
+        yield _line("skip_time", expression.text)
 
 
 def _shell_word(word: str) -> str:

@@ -1,7 +1,8 @@
 """``[Address]`` rules: add, forward and remove recipients, add, change and remove headers.
 
-A rule applies when its sender condition matches and at least one current recipient matches
-its recipient condition (conditions ANDed; no condition = every message). Forwarding acts on
+A rule applies when its sender condition matches, at least one current recipient matches
+its recipient condition and its run_time/skip_time hold (conditions ANDed; no condition = every
+message). Forwarding acts on
 each matching recipient: it is removed and the forward addresses are added. A forward is all or
 nothing: without both -A and -R it is refused whole, because removing the recipient without
 adding the targets would lose the mail. The recipients a rule sees are the ones left by the
@@ -11,6 +12,7 @@ sections before it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 
 from milter_agent.config.model import AddressRule
 from milter_agent.work import MessageWork, Refusal
@@ -21,14 +23,16 @@ def apply_address_rule(
     work: MessageWork,
     values: Callable[[], Mapping[str, str | Sequence[str]]],
     refused: Refusal,
+    now: datetime | None = None,
 ) -> list[str]:
     """Apply ``rule`` to ``work``; return what it changed, for the log (empty: did not apply).
 
     ``values`` gives the variables for header values; it is called only if a header is written.
+    ``now`` is the time for run_time/skip_time (default: the current local time).
     """
     sender = work.message.sender_address
     recipients = work.recipient_addresses
-    if not rule.applies(sender, recipients):
+    if not rule.applies(sender, recipients, now):
         return []
     done: list[str] = []
     if rule.forward_recipients:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -813,6 +814,36 @@ def test_a_bare_domain_in_an_address_list_warns_and_at_domain_does_not() -> None
     spec = only_filter(config)
     assert spec.run_message_recipient is not None
     assert spec.run_message_recipient.matches("u@example.com")
+
+
+def test_address_rules_take_time_conditions() -> None:
+    rule = only_rule(
+        parse(
+            """
+            [Address]
+            run_time = "* 8-17 * * mon-fri"
+            skip_time = "0-29 12 * * *"
+            skip_time = "* * 25 dec *"
+            add_header_name = X-Office-Hours
+            add_header_value = yes
+            """,
+            "-H",
+        )
+    )
+    assert [e.text for e in rule.run_time] == ["* 8-17 * * mon-fri"]
+    assert [e.text for e in rule.skip_time] == ["0-29 12 * * *", "* * 25 dec *"]
+    monday = datetime(2026, 1, 5)
+    assert rule.applies("a@x", ["b@x"], monday.replace(hour=9))
+    assert not rule.applies("a@x", ["b@x"], monday.replace(hour=7))  # outside run_time
+    assert not rule.applies("a@x", ["b@x"], monday.replace(hour=12, minute=10))  # skip_time
+    assert rule.applies("a@x", ["b@x"], monday.replace(hour=12, minute=30))
+    assert not rule.applies("a@x", ["b@x"], datetime(2025, 12, 25, 9))  # a Thursday, skipped
+    assert not rule.applies("a@x", ["b@x"], datetime(2026, 1, 3, 9))  # Saturday
+
+
+def test_a_bad_cron_expression_in_an_address_rule_names_its_key() -> None:
+    error = only_error('[Address]\nrun_time = "61 * * * *"\nadd_recipient = x\n')
+    assert error.startswith(f"{PATH}:2: run_time: bad cron expression '61 * * * *'")
 
 
 # --- the file -----------------------------------------------------------------------------------

@@ -96,6 +96,9 @@ message_forward_recipient = "a b"
 change_header_name = Subject
 change_header_value = "[x] %{subject}"
 remove_header_name = "X-Spam Received-SPF"
+run_time = "* 8-17 * * mon-fri"
+skip_time = "0-29 12 * * *"
+skip_time = "* * 25 dec *"
 """
 
 
