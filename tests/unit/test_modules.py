@@ -4,13 +4,20 @@ timeouts, and the engine applying what a module returns."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import pickle
 import subprocess
+import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from email.parser import BytesParser
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -18,6 +25,7 @@ import pytest
 from milter_agent.config.model import FilterSpec
 from milter_agent.config.options import parse_command_line
 from milter_agent.config.parser import parse_config_text
+from milter_agent.control import stats
 from milter_agent.engine import Engine
 from milter_agent.errors import FilterError
 from milter_agent.filters import module as modules
@@ -300,6 +308,125 @@ def test_a_module_that_calls_sys_exit_does_not_stop_the_daemon(tmp_path: Path) -
     assert eng.registry.get("quit").last_error == "module raised SystemExit: 3"
 
 
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (
+            "import socket\ndef process_message_by_module(args, message):\n"
+            "    raise socket.timeout('timed out')\n",
+            "module raised TimeoutError: timed out",
+        ),
+        (
+            "import asyncio\nasync def process_message_by_module(args, message):\n"
+            "    await asyncio.wait_for(asyncio.sleep(10), 0.01)\n",
+            "module raised TimeoutError",
+        ),
+    ],
+    ids=["sync socket.timeout", "async wait_for"],
+)
+def test_a_timeout_error_of_the_module_itself_is_not_a_filter_timeout(
+    tmp_path: Path, source: str, reason: str
+) -> None:
+    mod = write_module(tmp_path / "own.py", source)
+    config = f'[Filter]\ntask_name = own\ntask_timeout = 5\nmodule_name = "{mod}"\n'
+    started = time.monotonic()
+    eng, d = run(tmp_path, config, "-M")
+    state = eng.registry.get("own")
+    assert time.monotonic() - started < 3
+    assert d.steps[0].outcome == "error:skipped" and state.last_error == reason
+    assert (state.errors, state.timeouts, state.kills) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (
+            "def other(args, message):\n    return 0\n",
+            "module {mod} has no function process_message_by_module",
+        ),
+        (
+            "import no_such_module_here\n",
+            "cannot load module {mod}: ModuleNotFoundError: No module named 'no_such_module_here'",
+        ),
+    ],
+    ids=["no function", "import fails"],
+)
+def test_a_module_that_cannot_load_counts_toward_the_threshold_and_shows_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, source: str, reason: str
+) -> None:
+    mod = write_module(tmp_path / "broken.py", source)
+    config = f'[Filter]\ntask_name = broken\nmodule_name = "{mod}"\nerror_threshold = 2\n'
+    eng, d = run(tmp_path, config, messages=3)
+    (data,) = stats.filters(eng.config, eng.registry)
+    assert d.steps[0].outcome == "skipped:disabled"  # the third message: switched off at two
+    assert (data["errors"], data["disabled"], data["timeouts"]) == (2, True, 0)
+    assert data["last_error"] == reason.format(mod=mod)
+    failures = [r.getMessage() for r in caplog.records if " failed: " in r.getMessage()]
+    assert failures == [f"filter broken failed: {reason.format(mod=mod)}"] * 2
+    assert "filter broken switched off" in caplog.text
+
+
+def test_the_module_sees_the_envelope_client_and_headers_of_the_message(tmp_path: Path) -> None:
+    seen = tmp_path / "seen.json"
+    mod = write_module(
+        tmp_path / "look.py",
+        f"""
+        import json
+        def process_message_by_module(args, message):
+            fields = ("sender", "recipients", "queue_id", "client_address", "client_name",
+                      "helo", "size", "subject")
+            found = {{name: getattr(message, name) for name in fields}}
+            found["macro_i"] = message.macros["i"]
+            found["to"] = message.header("to")
+            found["body"] = message.email.get_content()
+            with open({str(seen)!r}, "w") as f:
+                json.dump(found, f)
+        """,
+    )
+    run(tmp_path, f'[Filter]\ntask_name = look\nmodule_name = "{mod}"\n')
+    assert json.loads(seen.read_text()) == {
+        "sender": "a@example.com",
+        "recipients": ["b@example.com"],
+        "queue_id": "QID42",
+        "client_address": "192.0.2.1",
+        "client_name": "client.example",
+        "helo": "helo.example",
+        "size": message(tmp_path).size,
+        "subject": "Hello there",
+        "macro_i": "QID42",
+        "to": "<b@example.com>",
+        "body": "body line\n",
+    }
+
+
+def test_the_message_is_read_only_and_its_email_is_parsed_once_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "m.eml"
+    path.write_bytes(b"Subject: Hi\r\n\r\nbody\r\n")
+    parses: list[Path] = []
+    real_parse = BytesParser.parse
+
+    def counting_parse(self: BytesParser, fp: Any, headersonly: bool = False) -> Any:
+        parses.append(Path(fp.name))
+        return real_parse(self, fp, headersonly)
+
+    monkeypatch.setattr(BytesParser, "parse", counting_parse)
+    msg = ModuleMessage("a@x", ("b@x",), (("Subject", "Hi"),), {"i": "Q"}, path=path)
+    assert parses == []  # nothing is parsed until a module asks
+    first = msg.email
+    assert msg.email is first and parses == [path] and first["Subject"] == "Hi"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        msg.sender = "evil@x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        msg.macros["i"] = "changed"  # type: ignore[index]
+    copy = pickle.loads(pickle.dumps(msg))  # as a worker gets it: parsed again there, lazily
+    assert copy.macros == {"i": "Q"} and isinstance(copy.macros, MappingProxyType)
+    assert copy.email["Subject"] == "Hi" and len(parses) == 2
+    with pytest.raises(FileNotFoundError, match="this message has no file"):
+        _ = MSG.email
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 
@@ -387,7 +514,7 @@ def test_a_failed_load_is_tried_again_by_the_next_message(tmp_path: Path) -> Non
 
 
 LIFECYCLE = """
-import os
+import time
 LOG = {log!r}
 VERSION = {version}
 def note(text):
@@ -395,10 +522,11 @@ def note(text):
         f.write(text + "\\n")
 note("import v%d" % VERSION)
 def setup(config):
-    note("setup %s %s" % (config.filter_name, " ".join(config.args)))
+    note("setup v%d %s %s" % (VERSION, config.filter_name, " ".join(config.args)))
 def process_message_by_module(args, message):
     return VERSION
 def teardown():
+    time.sleep(0.05)  # a teardown that takes a while, as closing a connection may
     note("teardown v%d" % VERSION)
 """
 
@@ -432,12 +560,13 @@ def test_loaded_once_reloaded_when_the_file_changes_unloaded_when_dropped(tmp_pa
         return results
 
     assert asyncio.run(go()) == [1, 1, 1, 1, 2, []]
+    # strictly in this order: v2 is loaded only once v1 has been torn down
     assert log.read_text().splitlines() == [
         "import v1",
-        "setup life %f x",
+        "setup v1 life %f x",
         "teardown v1",
         "import v2",
-        "setup life %f x",
+        "setup v2 life %f x",
         "teardown v2",
     ]
 
@@ -456,7 +585,108 @@ def test_a_message_of_an_older_configuration_gets_a_one_off_load(tmp_path: Path)
 
     assert asyncio.run(go()) == 1
     assert not host.loaded
-    assert log.read_text().splitlines() == ["import v1", "setup life ", "teardown v1"]
+    assert log.read_text().splitlines() == ["import v1", "setup v1 life ", "teardown v1"]
+
+
+SHARED = """
+import time
+LOG = {log!r}
+STATE = {{"open": False}}
+def note(text):
+    with open(LOG, "a") as f:
+        f.write(text + "\\n")
+def setup(config):
+    note("setup %s %g" % (config.filter_name, config.timeout))
+    STATE["open"] = True
+def process_message_by_module(args, message):
+    if not STATE["open"]:
+        raise RuntimeError("used after teardown")
+    return 1
+def teardown():
+    time.sleep(0.05)
+    STATE["open"] = False
+    note("teardown")
+"""
+
+
+@pytest.fixture
+def shared_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """An importable module (one object per process, whoever loads it) and its log."""
+    name = f"shared_{uuid.uuid4().hex}"
+    log = tmp_path / "log"
+    (tmp_path / f"{name}.py").write_text(SHARED.format(log=str(log)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name, log
+    sys.modules.pop(name, None)
+
+
+def test_a_one_off_load_of_an_importable_module_leaves_the_live_one_alone(
+    shared_module: tuple[str, Path],
+) -> None:
+    name, log = shared_module
+    host = ModuleHost()
+    live, old = spec("shared", name, timeout=5), spec("shared", name, timeout=9)
+
+    async def go() -> list[Any]:
+        host.configure([live])
+        results = [await host.call(live, [], MSG, kill=False)]
+        results.append(await host.call(old, [], MSG, kill=False))  # of an older configuration
+        await asyncio.sleep(0.3)  # its one-off runner has been let go by now
+        results.append(await host.call(live, [], MSG, kill=False))
+        await host.close()
+        return results
+
+    assert asyncio.run(go()) == [1, 1, 1]
+    assert log.read_text().splitlines() == ["setup shared 5", "teardown"]
+
+
+def test_a_reload_changing_only_the_timeout_tears_down_before_it_sets_up_again(
+    shared_module: tuple[str, Path],
+) -> None:
+    name, log = shared_module
+    host = ModuleHost()
+    before, after = spec("shared", name, timeout=5), spec("shared", name, timeout=7)
+
+    async def go() -> list[Any]:
+        host.configure([before])
+        results = [await host.call(before, [], MSG, kill=False)]
+        host.configure([after])  # the old runner is retired; its teardown takes 50 ms
+        results.append(await host.call(after, [], MSG, kill=False))
+        await asyncio.sleep(0.3)
+        results.append(await host.call(after, [], MSG, kill=False))
+        await host.close()
+        return results
+
+    assert asyncio.run(go()) == [1, 1, 1]
+    assert log.read_text().splitlines() == [
+        "setup shared 5",
+        "teardown",
+        "setup shared 7",
+        "teardown",
+    ]
+
+
+def test_two_filters_share_an_importable_module_until_the_last_lets_go(
+    shared_module: tuple[str, Path],
+) -> None:
+    name, log = shared_module
+    host = ModuleHost()
+    one, two = spec("one", name), spec("two", name)
+
+    async def go() -> list[Any]:
+        host.configure([one, two])
+        results = [
+            await host.call(one, [], MSG, kill=False),
+            await host.call(two, [], MSG, kill=False),
+        ]
+        host.configure([two])  # "one" leaves; "two" still uses the module
+        await asyncio.sleep(0.3)
+        results.append(await host.call(two, [], MSG, kill=False))
+        await host.close()
+        return results
+
+    assert asyncio.run(go()) == [1, 1, 1]
+    assert log.read_text().splitlines() == ["setup one 5", "teardown"]
 
 
 # --- how calls run ----------------------------------------------------------------------------
@@ -498,7 +728,9 @@ def test_thread_pool_reuses_a_bounded_number_of_threads() -> None:
     pool.close()
 
 
-def test_a_hung_plain_function_times_out_and_is_left_in_its_thread(tmp_path: Path) -> None:
+def test_a_hung_plain_function_times_out_and_is_left_in_its_thread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     release = tmp_path / "release"
     mod = write_module(
         tmp_path / "hang.py",
@@ -526,10 +758,61 @@ def test_a_hung_plain_function_times_out_and_is_left_in_its_thread(tmp_path: Pat
     state = eng.registry.get("hang")
     assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "error:skipped"
     assert 0.3 <= seconds < 2
-    assert state.last_error == (
+    reason = (
         "timed out after 0.3s; left running in its thread (-M cannot stop a thread), no verdict"
     )
+    assert state.last_error == reason
     assert (state.timeouts, state.kills) == (1, 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"filter hang failed: {reason}" in warnings
+
+
+def test_hung_calls_do_not_hold_up_loading_and_unloading_of_other_modules(tmp_path: Path) -> None:
+    release, log = tmp_path / "release", tmp_path / "log"
+    hang = write_module(
+        tmp_path / "hang.py",
+        f"""
+        import os, time
+        def process_message_by_module(args, message):
+            deadline = time.monotonic() + 10
+            while not os.path.exists({str(release)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        """,
+    )
+    other = write_module(
+        tmp_path / "other.py",
+        f"""
+        def note(text):
+            with open({str(log)!r}, "a") as f:
+                f.write(text + "\\n")
+        def setup(config):
+            note("setup")
+        async def process_message_by_module(args, message):
+            return 3
+        def teardown():
+            note("teardown")
+        """,
+    )
+    host = ModuleHost(threads=1)
+    hung, second = spec("hang", str(hang), timeout=0.2), spec("other", str(other), timeout=2)
+
+    async def go() -> tuple[int, list[str]]:
+        try:
+            host.configure([hung, second])
+            with pytest.raises(FilterError, match=r"timed out after 0\.2s"):
+                await host.call(hung, [], MSG, kill=False)  # holds the only call thread
+            result = await host.call(second, [], MSG, kill=False)  # setup: a plain function
+            host.configure([hung])
+            for _ in range(200):
+                if "teardown" in log.read_text():
+                    break
+                await asyncio.sleep(0.01)
+            return result, log.read_text().splitlines()
+        finally:
+            release.touch()
+            await host.close()
+
+    assert asyncio.run(go()) == (3, ["setup", "teardown"])
 
 
 def test_a_hung_async_function_is_cancelled_with_dash_m_and_left_without(tmp_path: Path) -> None:
@@ -595,6 +878,51 @@ def test_c_module_gets_argc_argv_and_its_result_reads_like_an_exit_code(tmp_path
     assert d.verdict is Verdict.REJECT and d.reply is not None
     assert d.reply.lines[0] == f"0={lib}"
     assert d.reply.lines[2:] == ("2=3", "3=QID42")
+
+
+def test_a_c_function_runs_off_the_event_loop(tmp_path: Path) -> None:
+    lib = compile_c(
+        tmp_path,
+        "where",
+        """
+        #include <pthread.h>
+        #include <stdio.h>
+        #include <unistd.h>
+        #include "milter_agent_module.h"
+        int process_message_by_module(int argc, char **argv)
+        {
+            FILE *out = fopen(argv[1], "w");
+            fprintf(out, "%lu\\n", (unsigned long)pthread_self());
+            fclose(out);
+            usleep(300000);
+            return argc;
+        }
+        """,
+    )
+    out = tmp_path / "thread"
+    host = ModuleHost()
+
+    async def go() -> tuple[int, int, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            result = await host.call(spec("where", str(lib)), [str(out)], MSG, kill=False)
+            return result, ticks, threading.get_ident()
+        finally:
+            ticker.cancel()
+            await host.close()
+
+    result, ticks, loop_thread = asyncio.run(go())
+    assert result == 2
+    assert int(out.read_text()) != loop_thread
+    assert ticks >= 10  # the loop went on while the C function slept
 
 
 def test_c_module_is_dlclosed_and_a_new_version_loaded_on_reload(tmp_path: Path) -> None:

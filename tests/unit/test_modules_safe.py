@@ -4,7 +4,9 @@ next message works, and with -M a hung worker is killed at its timeout."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import signal
 import subprocess
 import textwrap
@@ -19,7 +21,13 @@ from milter_agent.config.model import FilterSpec
 from milter_agent.errors import FilterError
 from milter_agent.filters.module import ModuleHost
 from milter_agent.filters.module_api import ModuleMessage, ModuleResult
-from milter_agent.filters.module_pool import WorkerPool
+from milter_agent.filters.module_pool import (
+    MIB,
+    ModuleTimeout,
+    WorkerLimits,
+    WorkerPool,
+    resident_memory,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MSG = ModuleMessage("a@example.com", ("b@example.com",), (("Subject", "Hi"),), {"i": "Q1"})
@@ -285,3 +293,238 @@ def test_a_worker_that_died_while_idle_is_replaced_before_the_next_message(
 
     old, result, pids = with_host(scenario)
     assert result == 3 and len(pids) == 1 and pids != [old]
+
+
+SLEEPY = """
+import os, time
+def process_message_by_module(args, message):
+    if args and args[0] == "hang":
+        time.sleep(float(args[1]))
+    return 7
+"""
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_without_dash_m_hung_workers_keep_their_place_and_other_messages_are_answered(
+    tmp_path: Path,
+) -> None:
+    mod = tmp_path / "sleepy.py"
+    mod.write_text(SLEEPY)
+    spec = safe("sleepy", str(mod), timeout=0.5, instances=2)
+
+    async def hang(host: ModuleHost) -> str:
+        with pytest.raises(FilterError) as error:
+            await host.call(spec, ["hang", "2.5"], MSG, kill=False)
+        return str(error.value)
+
+    async def scenario(host: ModuleHost) -> list[Any]:
+        seen: list[Any] = [await hang(host)]
+        pool = host.loaded["sleepy"]
+        assert isinstance(pool, WorkerPool)
+        (first,) = pool.left_pids
+        seen.append(await host.call(spec, [], MSG, kill=False))  # while the first still runs
+        assert alive(first) and pool.left_pids == [first]
+        seen.append(await hang(host))
+        assert len(pool.left_pids) == 2 and pool.pids == []  # the pool is full of hung workers
+        with pytest.raises(FilterError) as full:
+            await host.call(spec, [], MSG, kill=False)
+        seen.append(str(full.value))
+        left = pool.left_pids
+        await until(lambda: not pool.left_pids)  # they finish, exit and free their places
+        assert not any(alive(pid) for pid in left)
+        seen.append(await host.call(spec, [], MSG, kill=False))
+        return seen
+
+    first_hang, answer, second_hang, full, later = with_host(scenario)
+    assert first_hang.startswith("timed out after 0.5s; worker ")
+    assert first_hang.endswith(" left running, no verdict")
+    assert (answer, later) == (7, 7) and second_hang.endswith(" left running, no verdict")
+    assert full == "no free module worker within 0.5s (2 of 2 left running after a timeout)"
+
+
+RECYCLED = """
+import os
+LOG = {log!r}
+LEAK = []
+def note(text):
+    with open(LOG, "a") as f:
+        f.write(text + "\\n")
+def setup(config):
+    note("setup %d" % os.getpid())
+def process_message_by_module(args, message):
+    if args:
+        LEAK.append(b"\\x01" * int(args[0]) * 1024 * 1024)  # touched, so resident
+    return os.getpid() % 200 + 1
+def teardown():
+    note("teardown %d" % os.getpid())
+"""
+
+
+def recycling_host(limits: WorkerLimits) -> Callable[[Callable[[ModuleHost], Awaitable[T]]], T]:
+    def run(scenario: Callable[[ModuleHost], Awaitable[T]]) -> T:
+        async def go() -> T:
+            host = ModuleHost(limits=limits)
+            try:
+                return await scenario(host)
+            finally:
+                await host.close()
+
+        return asyncio.run(go())
+
+    return run
+
+
+def test_a_worker_is_replaced_after_its_message_limit_and_tears_down(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    mod = tmp_path / "recycled.py"
+    mod.write_text(RECYCLED.format(log=str(log)))
+    spec = safe("recycled", str(mod), instances=1)
+
+    async def scenario(host: ModuleHost) -> list[int]:
+        pids = []
+        for _ in range(7):
+            await host.call(spec, [], MSG, kill=False)
+            pids += worker_pids(host, "recycled") or [0]  # 0: replaced, none idle
+        return pids
+
+    pids = recycling_host(WorkerLimits(messages=3, rss_growth=0))(scenario)
+    first, second, third = pids[0], pids[3], pids[6]
+    assert pids == [first, first, 0, second, second, 0, third]
+    assert len({first, second, third}) == 3
+    lines = log.read_text().splitlines()
+    for pid in (first, second):  # stopped the gentle way: teardown ran
+        assert lines.index(f"setup {pid}") < lines.index(f"teardown {pid}")
+
+
+def test_a_leaking_worker_is_replaced_and_the_daemon_does_not_grow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="milter_agent.filters.module")
+    log = tmp_path / "log"
+    mod = tmp_path / "leaky.py"
+    mod.write_text(RECYCLED.format(log=str(log)))
+    spec = safe("leaky", str(mod), instances=1)
+    daemon_before = resident_memory(os.getpid())
+
+    async def scenario(host: ModuleHost) -> list[list[int]]:
+        seen = []
+        for _ in range(4):  # 40 MiB more per message; replaced past 100 MiB
+            await host.call(spec, ["40"], MSG, kill=False)
+            seen.append(worker_pids(host, "leaky"))
+        return seen
+
+    seen = recycling_host(WorkerLimits(messages=0, rss_growth=100 * MIB))(scenario)
+    leaker = seen[0][0]
+    assert seen[:3] == [[leaker], [leaker], []] and seen[3] != [leaker]
+    assert not alive(leaker)
+    daemon_after = resident_memory(os.getpid())
+    assert daemon_before is not None and daemon_after is not None
+    assert daemon_after - daemon_before < 30 * MIB  # the 120 MiB stayed in the worker
+    (replaced,) = [r.getMessage() for r in caplog.records if "replaced" in r.getMessage()]
+    assert re.fullmatch(
+        rf"module {mod}: worker {leaker} replaced after its memory grew from \d+ to \d+ MiB",
+        replaced,
+    )
+
+
+def test_async_setup_and_async_process_functions_in_a_worker(tmp_path: Path) -> None:
+    mod = tmp_path / "asynchronous.py"
+    mod.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, os
+            from milter_agent.filters.module_api import ModuleResult
+            STATE = {}
+            async def setup(config):
+                await asyncio.sleep(0.01)
+                STATE["filter"] = config.filter_name
+            async def process_message_by_module(args, message):
+                await asyncio.sleep(0.01)
+                return ModuleResult("reject", text=f"{STATE['filter']} {os.getpid()} {args[0]}")
+            """
+        )
+    )
+    spec = safe("asynchronous", str(mod))
+
+    async def scenario(host: ModuleHost) -> list[Any]:
+        return [await host.call(spec, [word], MSG, kill=False) for word in ("one", "two")]
+
+    first, second = with_host(scenario)
+    name, pid, word = first.text.split()
+    assert (name, word, first.verdict) == ("asynchronous", "one", "reject")
+    assert int(pid) != os.getpid() and second.text == f"asynchronous {pid} two"
+
+
+def test_a_timeout_error_raised_in_a_worker_is_the_modules_error(tmp_path: Path) -> None:
+    mod = tmp_path / "own.py"
+    mod.write_text(
+        "import socket\ndef process_message_by_module(args, message):\n"
+        "    raise socket.timeout('timed out')\n"
+    )
+    spec = safe("own", str(mod), timeout=5)
+
+    async def scenario(host: ModuleHost) -> tuple[BaseException, list[int], list[int]]:
+        with pytest.raises(FilterError) as first:
+            await host.call(spec, [], MSG, kill=True)
+        pids = worker_pids(host, "own")
+        with pytest.raises(FilterError):
+            await host.call(spec, [], MSG, kill=True)
+        return first.value, pids, worker_pids(host, "own")
+
+    error, pids, later = with_host(scenario)
+    assert not isinstance(error, ModuleTimeout) and str(error) == "TimeoutError: timed out"
+    assert pids == later and len(pids) == 1  # the worker was not killed
+
+
+def test_a_reloaded_pool_loads_after_the_old_workers_tore_down(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    mod = tmp_path / "slowdown.py"
+    mod.write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            def note(text):
+                with open({str(log)!r}, "a") as f:
+                    f.write(text + "\\n")
+            def setup(config):
+                note("setup %g" % config.timeout)
+            def process_message_by_module(args, message):
+                if args:
+                    time.sleep(float(args[0]))
+                return 0
+            def teardown():
+                time.sleep(0.3)
+                note("teardown")
+            """
+        )
+    )
+    before, after = safe("slowdown", str(mod), timeout=5), safe("slowdown", str(mod), timeout=6)
+
+    async def scenario(host: ModuleHost) -> list[int]:
+        host.configure([before])
+        await asyncio.gather(*(host.call(before, ["0.1"], MSG, kill=False) for _ in range(2)))
+        old = worker_pids(host, "slowdown")
+        busy = asyncio.ensure_future(host.call(before, ["0.3"], MSG, kill=False))
+        await asyncio.sleep(0.1)
+        host.configure([after])  # one worker idle, one busy: both are stopped, with teardown
+        await host.call(after, [], MSG, kill=False)
+        assert await busy == 0
+        return old
+
+    old = with_host(scenario)
+    assert len(old) == 2 and not any(alive(pid) for pid in old)
+    assert log.read_text().splitlines() == [
+        "setup 5",
+        "setup 5",
+        "teardown",
+        "teardown",
+        "setup 6",
+        "teardown",
+    ]

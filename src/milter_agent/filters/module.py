@@ -31,7 +31,7 @@ from milter_agent.errors import FilterError
 from milter_agent.filters.module_api import ModuleConfig, ModuleMessage, ModuleResult
 from milter_agent.filters.module_load import module_file
 from milter_agent.filters.module_local import LocalModule
-from milter_agent.filters.module_pool import ModuleTimeout, WorkerPool
+from milter_agent.filters.module_pool import STOP_GRACE, ModuleTimeout, WorkerLimits, WorkerPool
 from milter_agent.filters.module_threads import ThreadPool
 from milter_agent.filters.results import (
     MAX_HEADER_VALUE,
@@ -48,10 +48,11 @@ log = logging.getLogger("milter_agent.filters.module")
 
 #: Threads for plain Python and C module calls, shared by all in-daemon modules.
 MODULE_THREADS = 16
+#: Threads for loading and unloading in-daemon modules (import, dlopen, setup, teardown), kept
+#: apart from the call threads so that hung calls cannot hold up loads and unloads.
+LOAD_THREADS = 4
 #: Worker processes per safe-mode module when run_single_instance does not say.
 SAFE_WORKERS = max(2, min(8, os.cpu_count() or 2))
-#: How long a worker or a module in the daemon gets for teardown at unload.
-STOP_GRACE = 5.0
 
 _SUFFIX = {variables.REPLY_FILE: "reply", variables.BODY_FILE: "body", variables.HEADER_FILE: "hdr"}
 _LONE_LF = re.compile(rb"(?<!\r)\n")
@@ -95,12 +96,14 @@ class _Handle:
 class ModuleHost:
     """The loaded modules of the daemon, by filter name."""
 
-    def __init__(self, threads: int = MODULE_THREADS) -> None:
+    def __init__(self, threads: int = MODULE_THREADS, limits: WorkerLimits | None = None) -> None:
         self.thread_count = threads
-        self._threads: ThreadPool | None = None
+        self.limits = limits or WorkerLimits()
+        self._calls: ThreadPool | None = None
+        self._loads: ThreadPool | None = None
         self._handles: dict[str, _Handle] = {}
         self._wanted: dict[str, tuple[ModuleConfig, int]] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: dict[asyncio.Task[None], str] = {}  # unloads running, by filter name
 
     @property
     def loaded(self) -> dict[str, Runner]:
@@ -113,7 +116,7 @@ class ModuleHost:
         for name, handle in list(self._handles.items()):
             if wanted.get(name) != handle.identity or handle.file_changed():
                 del self._handles[name]
-                self._retire(handle.runner)
+                self._retire(name, handle.runner)
         self._wanted = wanted
 
     async def call(
@@ -125,51 +128,54 @@ class ModuleHost:
             return await runner.run(args, message, spec.timeout, kill)
         finally:
             if one_off:
-                self._retire(runner)
+                self._retire(spec.name, runner)
 
     def _runner(self, spec: FilterSpec) -> tuple[Runner, bool]:
         identity = _identity(spec)
         handle = self._handles.get(spec.name)
         if handle is not None and handle.identity == identity:
             return handle.runner, False
-        runner = self._new_runner(spec)
         if self._wanted is not None and self._wanted.get(spec.name) != identity:
-            return runner, True  # a message of an older configuration: load just for it
+            return self._new_runner(spec), True  # a message of an older configuration
         if handle is not None:
-            self._retire(handle.runner)
-        stamp = _stamp(identity[0].module_name)
-        self._handles[spec.name] = _Handle(identity, runner, stamp)
+            self._retire(spec.name, handle.runner)
+        runner = self._new_runner(spec)  # after the retire: its load waits for that unload
+        self._handles[spec.name] = _Handle(identity, runner, _stamp(identity[0].module_name))
         return runner, False
 
     def _new_runner(self, spec: FilterSpec) -> Runner:
         config = module_config(spec)
+        after = [task for task, name in self._closing.items() if name == spec.name]
         if spec.module_safe_use:
-            return WorkerPool(config, spec.single_instance or SAFE_WORKERS)
-        if self._threads is None:
-            self._threads = ThreadPool(self.thread_count)
-        return LocalModule(config, self._threads)
+            size = spec.single_instance or SAFE_WORKERS
+            return WorkerPool(config, size, self.limits, after)
+        if self._calls is None or self._loads is None:
+            self._calls = ThreadPool(self.thread_count)
+            self._loads = ThreadPool(LOAD_THREADS, "module-load")
+        return LocalModule(config, self._calls, self._loads, after)
 
-    def _retire(self, runner: Runner, *, shutdown: bool = False) -> None:
+    def _retire(self, name: str, runner: Runner, *, shutdown: bool = False) -> None:
         if isinstance(runner, WorkerPool):
             job = runner.close(STOP_GRACE, kill_left=shutdown)
         else:
             job = runner.close(STOP_GRACE if shutdown else None)
         task = asyncio.ensure_future(job)
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._closing[task] = name
+        task.add_done_callback(self._closing.pop)
 
     async def close(self) -> None:
         """Daemon shutdown: unload everything (bounded), stop every worker."""
-        handles, self._handles = list(self._handles.values()), {}
-        for handle in handles:
-            self._retire(handle.runner, shutdown=True)
+        handles, self._handles = dict(self._handles), {}
+        for name, handle in handles.items():
+            self._retire(name, handle.runner, shutdown=True)
         if self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STOP_GRACE + 5.0):
                     await asyncio.gather(*self._closing, return_exceptions=True)
-        if self._threads is not None:
-            self._threads.close()
-            self._threads = None
+        for pool in (self._calls, self._loads):
+            if pool is not None:
+                pool.close()
+        self._calls = self._loads = None
         self._wanted = None
 
 

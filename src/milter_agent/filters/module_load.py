@@ -39,7 +39,11 @@ _loads = itertools.count(1)
 
 @dataclass(slots=True)
 class LoadedModule:
-    """A loaded module: its process function, optional hooks, and how to let it go."""
+    """A loaded module: its process function, optional hooks, and how to let it go.
+
+    ``owner`` is set for an importable module: the object its hooks come from. Python imports a
+    module once per process, so every load of it shares that object (and its state).
+    """
 
     reference: str
     kind: Kind
@@ -47,6 +51,7 @@ class LoadedModule:
     setup: Callable[..., Any] | None = None
     teardown: Callable[[], Any] | None = None
     release: Callable[[], None] | None = None
+    owner: object | None = None
 
     @property
     def is_async(self) -> bool:
@@ -131,10 +136,12 @@ def _load_import(reference: str) -> LoadedModule:
     for part in filter(None, attribute.split(".")):
         target = getattr(target, part)
     if attribute and callable(target) and not hasattr(target, FUNCTION):
-        loaded = LoadedModule(reference, "import", target)
+        loaded = LoadedModule(reference, "import", target, owner=module)
         _add_hooks(loaded, module)
         return loaded
-    return _from_namespace(reference, "import", target)
+    loaded = _from_namespace(reference, "import", target)
+    loaded.owner = target
+    return loaded
 
 
 def _from_namespace(reference: str, kind: Kind, namespace: Any) -> LoadedModule:

@@ -5,7 +5,12 @@ and then runs one message at a time, so a crash (even a segfault in C), a hang o
 only that worker. A worker that dies fails the message it was running (a filter error) and is
 replaced by the next message. On a timeout with -M the worker is killed (SIGKILL) at once and
 replaced; without -M it is left to finish and exit on its own, like a program without -T, and
-its late answer is dropped. Waits for a free worker and for the load are bounded by the timeout.
+its late answer is dropped; it keeps its place in the pool until it exits, so hung workers can
+never outnumber the pool. Waits for a free worker and for the load are bounded by the timeout.
+
+Leaks are contained by recycling: after :attr:`WorkerLimits.messages` messages, or once its
+resident memory has grown by more than :attr:`WorkerLimits.rss_growth` since it loaded the
+module, a worker is stopped (``teardown`` runs) and the next message starts a fresh one.
 
 The pipes are ours and read through the event loop; the worker's exit status is collected with
 ``Popen.poll``; the orphan reaper leaves a worker alone while the pool still waits for it
@@ -23,16 +28,44 @@ import pickle
 import signal
 import subprocess
 import sys
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from milter_agent import procs
 from milter_agent.errors import FilterError
 from milter_agent.filters.module_api import ModuleConfig, ModuleMessage
+from milter_agent.filters.module_common import DeadlinePassed, InUse, after_retired, within
 from milter_agent.filters.module_worker import FRAME_HEADER, encode_frame
 
 log = logging.getLogger("milter_agent.filters.module")
 
 _REAP_WAIT = 2.0
+#: How long a worker or a module in the daemon gets for teardown at unload.
+STOP_GRACE = 5.0
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """When a worker is replaced by a fresh one; 0 turns a limit off."""
+
+    #: messages a worker runs before it is replaced
+    messages: int = 10_000
+    #: growth of the worker's resident memory (VmRSS) since the module was loaded, in bytes
+    rss_growth: int = 256 * MIB
+
+
+def resident_memory(pid: int) -> int | None:
+    """VmRSS of a process in bytes, None if it cannot be read (the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class ModuleTimeout(FilterError):
@@ -87,6 +120,8 @@ class WorkerProcess:
         os.set_blocking(self._to.fileno(), False)
         os.set_blocking(self._from.fileno(), False)
         self._buffer = bytearray()
+        self.messages = 0
+        self.loaded_rss: int | None = None
 
     @property
     def pid(self) -> int:
@@ -165,41 +200,74 @@ class WorkerProcess:
 
 
 class WorkerPool:
-    """Up to ``size`` workers for one module; idle ones wait for the next message."""
+    """Up to ``size`` workers for one module, busy, idle or left running after a timeout; idle
+    ones wait for the next message. ``after`` are the unloads of the filter's previous runners,
+    which the first worker's load waits for."""
 
-    def __init__(self, config: ModuleConfig, size: int) -> None:
+    def __init__(
+        self,
+        config: ModuleConfig,
+        size: int,
+        limits: WorkerLimits | None = None,
+        after: Collection[asyncio.Future[Any]] = (),
+    ) -> None:
         self.config = config
         self.size = size
+        self.limits = limits or WorkerLimits()
+        self._after = after
         self._slots = asyncio.Semaphore(size)
         self._idle: list[WorkerProcess] = []
         self._left: set[WorkerProcess] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping: set[asyncio.Task[Any]] = set()
+        self._in_use = InUse()
+        self._closed = False
 
     @property
     def pids(self) -> list[int]:
         return [worker.pid for worker in self._idle]
 
+    @property
+    def left_pids(self) -> list[int]:
+        """Workers left running after a timeout (without -M), still holding their place."""
+        return sorted(worker.pid for worker in self._left)
+
     async def run(self, args: list[str], message: ModuleMessage, timeout: float, kill: bool) -> Any:
         """The module's (normalised) outcome for one message."""
+        self._in_use.enter()
         try:
-            async with asyncio.timeout(timeout or None):
-                await self._slots.acquire()
-        except TimeoutError:
-            text = f"no free module worker within {timeout:g}s"
-            raise ModuleTimeout(text, stopped=False) from None
-        worker: WorkerProcess | None = None
-        try:
-            worker = await self._take(timeout)
-            status, value = await self._ask(worker, ("run", args, message), timeout, kill)
-            self._idle.append(worker)
-            worker = None
+            status, value = await self._run(("run", args, message), timeout, kill)
         finally:
-            if worker is not None:
-                self._discard(worker, kill=True)
-            self._slots.release()
+            self._in_use.leave()
         if status != "ok":
             raise FilterError(value)
         return value
+
+    async def _run(self, request: object, timeout: float, kill: bool) -> tuple[str, Any]:
+        try:
+            await within(timeout, self._slots.acquire())
+        except DeadlinePassed:
+            raise ModuleTimeout(self._no_worker(timeout), stopped=False) from None
+        worker: WorkerProcess | None = None
+        try:
+            worker = await self._take(timeout)
+            reply = await self._ask(worker, request, timeout, kill)
+        except BaseException:
+            if worker is None or worker not in self._left:  # a left worker keeps its slot
+                if worker is not None:
+                    self._discard(worker, kill=True)
+                self._slots.release()
+            raise
+        worker.messages += 1
+        self._finished(worker)
+        self._slots.release()
+        return reply
+
+    def _no_worker(self, timeout: float) -> str:
+        text = f"no free module worker within {timeout:g}s"
+        if self._left:
+            text += f" ({len(self._left)} of {self.size} left running after a timeout)"
+        return text
 
     async def _take(self, timeout: float) -> WorkerProcess:
         """An idle worker that is still alive, or a new one."""
@@ -211,6 +279,10 @@ class WorkerPool:
         return await self._start(timeout)
 
     async def _start(self, timeout: float) -> WorkerProcess:
+        await after_retired(
+            self._after, f"module {self.config.module_name} for filter {self.config.filter_name}"
+        )
+        self._after = ()
         try:
             worker = WorkerProcess()
         except OSError as exc:
@@ -223,6 +295,7 @@ class WorkerPool:
         if status != "ok":
             self._discard(worker, kill=True)
             raise FilterError(value)
+        worker.loaded_rss = resident_memory(worker.pid)
         log.info("module %s: worker %d started", self.config.module_name, worker.pid)
         return worker
 
@@ -230,9 +303,8 @@ class WorkerPool:
         self, worker: WorkerProcess, request: object, timeout: float, kill: bool = True
     ) -> tuple[str, Any]:
         try:
-            async with asyncio.timeout(timeout or None):
-                return await worker.ask(request)
-        except TimeoutError:
+            return await within(timeout, worker.ask(request))
+        except DeadlinePassed:
             if not kill:
                 self._leave_running(worker)
                 raise ModuleTimeout(
@@ -243,6 +315,30 @@ class WorkerPool:
                 f"timed out after {timeout:g}s; worker {worker.pid} killed", stopped=True
             ) from None
 
+    def _finished(self, worker: WorkerProcess) -> None:
+        """After a message: back to the idle workers, or stopped if it is worn out or the pool
+        is being closed."""
+        worn = "" if self._closed else self._worn_out(worker)
+        if worn:
+            log.info("module %s: worker %d replaced %s", self.config.module_name, worker.pid, worn)
+        if worn or self._closed:
+            task = asyncio.ensure_future(worker.stop(STOP_GRACE))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        else:
+            self._idle.append(worker)
+
+    def _worn_out(self, worker: WorkerProcess) -> str:
+        """Why the worker should be replaced now ("" if it should not)."""
+        limits = self.limits
+        if limits.messages and worker.messages >= limits.messages:
+            return f"after {worker.messages} messages"
+        rss = resident_memory(worker.pid) if limits.rss_growth else None
+        base = worker.loaded_rss
+        if rss is not None and base is not None and rss - base > limits.rss_growth:
+            return f"after its memory grew from {base / MIB:.0f} to {rss / MIB:.0f} MiB"
+        return ""
+
     def _leave_running(self, worker: WorkerProcess) -> None:
         worker.close_pipes()
         self._left.add(worker)
@@ -252,6 +348,7 @@ class WorkerPool:
         while await worker.reaped(60.0, interval=0.5) is None:
             pass
         self._left.discard(worker)
+        self._slots.release()
         log.info("module worker %d left running after its timeout has now exited", worker.pid)
 
     def _discard(self, worker: WorkerProcess, *, kill: bool) -> None:
@@ -267,10 +364,17 @@ class WorkerPool:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self, grace: float, *, kill_left: bool = False) -> None:
-        """Stop the idle workers (teardown runs in each); workers left running after a
-        timeout are killed only with ``kill_left`` (daemon shutdown)."""
+        """Stop every worker (teardown runs in each) once no message uses the pool; at daemon
+        shutdown (``kill_left``) wait at most ``grace`` for that, and kill the workers left
+        running after a timeout, which are otherwise left to finish."""
+        try:
+            async with asyncio.timeout(grace if kill_left else None):
+                await self._in_use.none()
+        except TimeoutError:
+            log.warning("module %s: messages still running at shutdown", self.config.module_name)
+        self._closed = True
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(worker.stop(grace) for worker in idle))
+        await asyncio.gather(*(worker.stop(grace) for worker in idle), *list(self._stopping))
         if not kill_left:
             return
         left, self._left = list(self._left), set()
