@@ -12,6 +12,7 @@ made, and ``refused`` is called so the caller can log it once per filter.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -24,8 +25,19 @@ from milter_agent.message import Message, header_text, strip_brackets
 from milter_agent.pipeline import Changes
 from milter_agent.spool import Spool
 
+log = logging.getLogger("milter_agent.work")
+
 #: Called with (what, switch) when a change is refused, e.g. ("add recipient x", "-A").
 Refusal = Callable[[str, str], None]
+
+
+def remove_file(path: Path) -> None:
+    """Remove one of a message's files. A filter may have put something in its place that
+    cannot be unlinked (a directory): that is logged, and never fails the message."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc.strerror)
 
 
 def address_key(address: str) -> str:
@@ -237,10 +249,10 @@ class MessageWork:
     def cleanup(self, keep_body: bool) -> None:
         """Remove our temporary files; the new body stays if the session is to send it."""
         for path in self._temp:
-            path.unlink(missing_ok=True)
+            remove_file(path)
         self._temp.clear()
         if self.new_body is not None and not keep_body:
-            self.new_body.unlink(missing_ok=True)
+            remove_file(self.new_body)
 
 
 def variable_values(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from milter_agent.config.model import FilterSpec, Settings
 from milter_agent.errors import FilterError
 from milter_agent.filters.results import FilterResult, parse_header_lines, read_text, text_lines
 from milter_agent.registry import FilterState
-from milter_agent.work import MessageWork, variable_values
+from milter_agent.work import MessageWork, remove_file, variable_values
 
 log = logging.getLogger("milter_agent.filters.program")
 
@@ -107,7 +108,7 @@ def _interpret(
         text = text_lines(first)
     outcome = FilterResult(verdict, text, note=_note(result))
     body = files.get(variables.BODY_FILE)
-    if body is not None and body.stat().st_size > 0:
+    if body is not None and _new_body(body):
         work.release(body)
         outcome.new_body = body
     headers_text = read_text(files.get(variables.HEADER_FILE))
@@ -117,11 +118,26 @@ def _interpret(
     return outcome
 
 
+def _new_body(path: Path) -> bool:
+    """True if the filter wrote a new body into ``path``: a non-empty regular file. Removed
+    or left empty means no change; anything else would be streamed to the MTA as the body,
+    so it is the filter's failure."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise FilterError(f"cannot read its body file {path.name}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise FilterError(f"its body file {path.name} is not a regular file")
+    return info.st_size > 0
+
+
 def _remove(paths: Iterable[Path]) -> None:
     """Remove a left-running program's files again once it ends (it may have written them
     after its message was done and they were removed)."""
     for path in paths:
-        path.unlink(missing_ok=True)
+        remove_file(path)
 
 
 def _note(result: procs.ProcessResult) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milter_agent.config.model import FilterSpec, Verdict
+from milter_agent.errors import FilterError
 from milter_agent.pipeline import Reply
 from milter_agent.protocol import sanitize_line, valid_header_name
 
@@ -35,11 +36,21 @@ class FilterResult:
 
 
 def read_text(path: Path | None) -> str:
-    """A filter's output file as text (bounded); empty if absent."""
+    """A filter's output file as text (bounded); empty if absent.
+
+    A filter may remove its own file (``rm -f %r``): that is "nothing written", not an
+    error. A file that is there but cannot be read (a directory, no permission) is the
+    filter's failure.
+    """
     if path is None:
         return ""
-    with open(path, "rb") as f:
-        return f.read(MAX_TEXT).decode("utf-8", "surrogateescape")
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_TEXT).decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise FilterError(f"cannot read its output file {path.name}: {exc.strerror}") from None
 
 
 def lines_of(text: str) -> list[str]:
