@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -117,6 +118,28 @@ def test_mail_archive_copies_each_message_atomically_under_a_date_name(tmp_path:
     today = datetime.now(UTC).strftime("%Y%m%dT")
     assert all(name.startswith(today) and "-4XyZ-" in name for name in stored)
     assert all((archive / name).read_bytes() == message.path.read_bytes() for name in stored)
+
+
+def test_mail_archive_flushes_the_copy_and_then_its_directory_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / "archive"
+    synced: list[tuple[bool, list[str]]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        is_directory = stat.S_ISDIR(os.fstat(fd).st_mode)
+        synced.append((is_directory, sorted(os.listdir(archive))))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    source = tmp_path / "m.eml"
+    source.write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    final = mail_archive.store(str(source), str(archive), "copy.eml")
+    assert final == str(archive / "copy.eml")
+    (file_sync, directory_sync) = synced
+    assert not file_sync[0] and file_sync[1][0].startswith(".incoming-")  # before the rename
+    assert directory_sync == (True, ["copy.eml"])  # the directory, once the name is in it
 
 
 def test_mail_archive_name_and_a_failed_copy_leaves_no_temporary_file(tmp_path: Path) -> None:

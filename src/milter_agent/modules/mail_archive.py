@@ -3,8 +3,8 @@
 ``exec_cmd = "%f /var/spool/mail-archive"``: the message file and the archive directory. Each
 copy is named after the time it was stored (``20261125T104204.123456Z-<queue id>-<random>.eml``)
 and appears whole or not at all: it is written to a temporary file in the same directory,
-flushed to disk and renamed. Put the filter after those that may reject, so only messages that
-go on are archived.
+flushed to disk and renamed, and the directory is flushed too, so that the new name survives a
+crash. Put the filter after those that may reject, so only messages that go on are archived.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def archive_name(queue_id: str, now: datetime | None = None) -> str:
 
 
 def store(source: str, directory: str, name: str) -> str:
-    """Copy ``source`` to ``directory/name`` atomically; returns the new path."""
+    """Copy ``source`` to ``directory/name`` atomically and durably; returns the new path."""
     os.makedirs(directory, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=directory, prefix=".incoming-", suffix=".tmp")
     try:
@@ -41,7 +41,18 @@ def store(source: str, directory: str, name: str) -> str:
     except BaseException:
         os.unlink(temp)
         raise
+    _sync_directory(directory)
     return final
+
+
+def _sync_directory(directory: str) -> None:
+    """The rename is an entry in the directory: without this fsync a crash can lose it, and
+    the copy with it, although the file's own data is on disk."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def process_message_by_module(args: list[str], message: ModuleMessage) -> int:
