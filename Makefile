@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 RUNDIR := $(CURDIR)/.run
 PORT   ?= 8890
 
-.PHONY: run test lint format bench bench-micro soak man dist clean system-deps
+.PHONY: run test lint format bench bench-micro soak man dist modules clean system-deps
 
 $(PY):
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { [ "$$(id -u)" = 0 ] && \
@@ -71,6 +71,10 @@ man: $(STAMP)
 ## dist: build the sdist and the wheel into dist/
 dist: $(STAMP)
 	$(PY) -m build --outdir dist
+
+## modules: build the sample C filter module modules/module_dummy.so (BUILD=DIR: into DIR)
+modules:
+	$(MAKE) -C modules
 
 clean:
 	rm -rf $(VENV) $(RUNDIR) build dist src/*.egg-info
