@@ -21,6 +21,7 @@ from pathlib import Path
 
 from milter_agent import variables
 from milter_agent.config.model import Settings
+from milter_agent.errors import SpoolError
 from milter_agent.message import Message, header_text, strip_brackets
 from milter_agent.pipeline import Changes
 from milter_agent.spool import Spool
@@ -179,7 +180,8 @@ class MessageWork:
         return True
 
     def temp_file(self, suffix: str) -> Path:
-        """A fresh empty 0600 file in the spool, removed with this message."""
+        """A fresh empty 0600 file in the spool, removed with this message (SpoolError if the
+        spool cannot take it)."""
         path = self.spool.create_empty(suffix)
         self._temp.append(path)
         return path
@@ -190,7 +192,11 @@ class MessageWork:
             self._temp.remove(path)
 
     def current_file(self) -> Path | None:
-        """The message as changed so far, as a file (rewritten only when something changed)."""
+        """The message as changed so far, as a file (rewritten only when something changed).
+
+        Raises :class:`SpoolError` when the file cannot be written (full disk): not the
+        fault of any filter, so the caller tempfails the message rather than count an error.
+        """
         if self._dirty and self._file is not None:
             self._file = self._rewrite()
             self._dirty = False
@@ -199,8 +205,22 @@ class MessageWork:
     def _rewrite(self) -> Path:
         assert self._file is not None
         path = self.temp_file("msg")
+        try:
+            offset = self._write_copy(path, self._file)
+        except OSError as exc:
+            remove_file(path)  # a half-written copy must not be the next filter's %f
+            self.release(path)
+            raise SpoolError(f"cannot rewrite the message file: {exc}") from exc
+        if self._file != self.message.spool_path:
+            remove_file(self._file)
+            self.release(self._file)
+        self._body_offset = offset
+        return path
+
+    def _write_copy(self, path: Path, old_file: Path) -> int:
+        """Write the working copy's headers and body to ``path``; return the body's offset."""
         if self._body_offset is None:  # the MTA's message: the body ends the file
-            self._body_offset = os.path.getsize(self._file) - self.message.body_size
+            self._body_offset = os.path.getsize(old_file) - self.message.body_size
         with open(path, "wb") as out:
             for name, raw in self.headers:
                 line = (name + ":" + raw).encode("utf-8", "surrogateescape")
@@ -211,14 +231,10 @@ class MessageWork:
                 with open(self.new_body, "rb") as body:
                     shutil.copyfileobj(body, out)
             else:
-                with open(self._file, "rb") as old:
+                with open(old_file, "rb") as old:
                     old.seek(self._body_offset)
                     shutil.copyfileobj(old, out)
-        if self._file != self.message.spool_path:
-            self._file.unlink(missing_ok=True)
-            self.release(self._file)
-        self._body_offset = offset
-        return path
+        return offset
 
     # --- the result ---------------------------------------------------------------------------
 

@@ -4,12 +4,17 @@ wait for a free instance, repeated header names in %h."""
 from __future__ import annotations
 
 import asyncio
+import resource
 from pathlib import Path
 
 import pytest
 from test_engine import engine, filter_section, leftovers, message, run
 
-from milter_agent.pipeline import Verdict
+from milter_agent.engine import Engine
+from milter_agent.errors import SpoolError
+from milter_agent.message import Message
+from milter_agent.pipeline import Decision, Verdict
+from milter_agent.spool import Spool
 
 
 def test_a_filter_that_removes_its_output_files_just_wrote_nothing(tmp_path: Path) -> None:
@@ -51,3 +56,58 @@ def test_a_later_filter_after_one_that_removed_its_files(tmp_path: Path) -> None
     d = asyncio.run(eng.run(message(tmp_path)))
     assert d.verdict is Verdict.CONTINUE and [s.outcome for s in d.steps] == ["continue"] * 2
     assert out.read_bytes() == (tmp_path / "spool" / "m.msg").read_bytes()
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+SECOND = '[Filter]\ntask_name = g\nexec_cmd = "/usr/bin/cmp -s %f %f"\n'
+
+
+def with_body(msg: Message, size: int) -> Message:
+    """``msg`` with a body of ``size`` bytes in its spool file."""
+    assert msg.spool_path is not None
+    body = b"x" * (size - 2) + b"\r\n"
+    head = msg.spool_path.read_bytes()[: msg.size - msg.body_size]
+    msg.spool_path.write_bytes(head + body)
+    msg.size, msg.body_size = len(head) + len(body), len(body)
+    return msg
+
+
+def assert_spool_tempfail(eng: Engine, d: Decision, name: str) -> None:
+    assert d.verdict is Verdict.TEMPFAIL
+    assert d.reply is not None and (d.reply.code, d.reply.enhanced) == ("452", "4.3.1")
+    state = eng.registry.get(name)
+    assert (state.errors, state.error_count, state.verdicts["tempfail"]) == (0, 0, 1)
+    assert d.steps[-1].detail.startswith("spool error: ")
+
+
+def test_a_file_size_limit_while_rewriting_tempfails_without_a_filter_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real write failure: RLIMIT_FSIZE makes the daemon's write of the rewritten message
+    fail (EFBIG; Python ignores SIGXFSZ) as a full disk would."""
+    eng = engine(tmp_path, filter_section("/bin/sh -c 'echo X-A: 1 > $0' %h") + SECOND, "-H")
+    msg = with_body(message(tmp_path), 256 * 1024)  # written before the limit is set
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        d = asyncio.run(eng.run(msg))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert [s.outcome for s in d.steps] == ["continue", "tempfail"]
+    assert_spool_tempfail(eng, d, "g")
+    assert "filter g: cannot rewrite the message file" in caplog.text
+    assert "message tempfailed" in caplog.text
+    assert leftovers(tmp_path, d) == []
+
+
+def test_no_room_for_the_output_files_tempfails_without_a_filter_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: Spool, suffix: str) -> Path:
+        raise SpoolError(f"cannot create a file in {self.directory}: No space left on device")
+
+    monkeypatch.setattr(Spool, "create_empty", full)
+    eng, d = run(tmp_path, filter_section("/bin/true %r"))
+    assert [s.outcome for s in d.steps] == ["tempfail"]
+    assert_spool_tempfail(eng, d, "f")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
+import pytest
+
 from milter_agent.config.model import Settings
+from milter_agent.errors import SpoolError
 from milter_agent.message import Client, Message
 from milter_agent.spool import Spool
 from milter_agent.work import MessageWork
@@ -60,3 +66,23 @@ def test_a_change_after_a_deletion_names_the_original_occurrence(tmp_path: Path)
     work.change_header("X-Dup", "new", never)  # now the first live one: the old second
     assert work.net_changes().change_headers == [("X-Dup", 2, "new"), ("X-Dup", 1, "")]
     assert work.header("X-Dup") == "new"
+
+
+def test_a_full_disk_while_rewriting_is_a_spool_error_and_leaves_no_half_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = work_for(tmp_path)
+    original = work.current_file()
+    work.add_header("X-New", "1", never)
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    with pytest.raises(SpoolError, match="No space left on device"):
+        work.current_file()
+    assert sorted(p.name for p in work.spool.directory.iterdir()) == ["m.msg"]
+    monkeypatch.undo()  # space again: the next filter gets the rewritten file
+    rewritten = work.current_file()
+    assert rewritten is not None and rewritten != original
+    assert b"X-New: 1\r\n\r\nbody\r\n" in rewritten.read_bytes()

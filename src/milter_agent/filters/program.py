@@ -4,7 +4,8 @@ The command line is a list of words (split like a shell at load time, never run 
 word expands to exactly one argument whatever the message contains. The program gets a clean
 environment with the message facts in ``MILTER_*`` variables, stdin from /dev/null or the
 message, the spool as working directory, and files for its reply (%r), new body (%n) and
-headers (%h). Failures (cannot start, killed by a signal, timeout) raise :class:`FilterError`.
+headers (%h). Failures (cannot start, killed by a signal, timeout) raise :class:`FilterError`;
+a spool that cannot take the filter's files (full disk) tempfails the message instead.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ from pathlib import Path
 
 from milter_agent import procs, variables
 from milter_agent.config.model import FilterSpec, Settings
-from milter_agent.errors import FilterError
-from milter_agent.filters.results import FilterResult, parse_header_lines, read_text, text_lines
+from milter_agent.errors import FilterError, SpoolError
+from milter_agent.filters.results import (
+    FilterResult,
+    parse_header_lines,
+    read_text,
+    spool_failed,
+    text_lines,
+)
 from milter_agent.registry import FilterState
 from milter_agent.work import MessageWork, remove_file, variable_values
 
@@ -60,8 +67,11 @@ def program_environment(
 async def run_program_filter(
     spec: FilterSpec, work: MessageWork, state: FilterState, settings: Settings
 ) -> FilterResult:
-    files = {name: work.temp_file(_SUFFIX[name]) for name in spec.required_files}
-    current = work.current_file()
+    try:
+        files = {name: work.temp_file(_SUFFIX[name]) for name in spec.required_files}
+        current = work.current_file()
+    except SpoolError as exc:
+        return spool_failed(spec.name, work.message.queue_id or "NOQUEUE", exc)
     values = variable_values(work, {variables.FILE: current, **files} if current else files)
     argv = variables.expand_all(spec.argv, values)
     try:

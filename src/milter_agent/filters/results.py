@@ -7,14 +7,17 @@ filters may also set the reply code, add or remove headers and add or remove rec
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from milter_agent.config.model import FilterSpec, Verdict
-from milter_agent.errors import FilterError
+from milter_agent.errors import FilterError, SpoolError
 from milter_agent.pipeline import Reply
 from milter_agent.protocol import sanitize_line, valid_header_name
+
+log = logging.getLogger("milter_agent.filters")
 
 MAX_TEXT = 16 * 1024
 MAX_REPLY_LINES = 32
@@ -33,6 +36,24 @@ class FilterResult:
     remove_headers: list[str] = field(default_factory=list)
     add_recipients: list[str] = field(default_factory=list)
     remove_recipients: list[str] = field(default_factory=list)
+
+
+#: The reply when the spool cannot take a filter's files or the rewritten message (a full
+#: disk): 452 4.3.1 "insufficient system storage", so the client retries later.
+SPOOL_FULL_CODE = "452 4.3.1"
+SPOOL_FULL_TEXT = "Insufficient system storage, try again later"
+
+
+def spool_failed(filter_name: str, queue_id: str, exc: SpoolError) -> FilterResult:
+    """The message is tempfailed when the spool fails under a filter (full disk, I/O error).
+
+    Not the filter's fault, so not a filter error toward its threshold: the run is counted
+    with the verdict tempfail and the reason logged, and the MTA keeps the message.
+    """
+    log.warning("%s: filter %s: %s; message tempfailed", queue_id, filter_name, exc)
+    return FilterResult(
+        "tempfail", (SPOOL_FULL_TEXT,), note=f"spool error: {exc}", reply_code=SPOOL_FULL_CODE
+    )
 
 
 def read_text(path: Path | None) -> str:
