@@ -113,9 +113,12 @@ def with_host(scenario: Callable[[ModuleHost], Awaitable[T]]) -> T:
 
 
 def alive(pid: int) -> bool:
+    """True while the process exists, as a zombie too: a test that waits for a worker to be gone
+    must see it reaped, not just exited, since an unreaped worker is a leak. (Tgid: a thread
+    of some other process may get the number once the worker is gone.)"""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.split() == ["Tgid:", str(pid)] for line in f)
     except FileNotFoundError:
         return False
 
