@@ -199,3 +199,52 @@ reject_message = "Spin module answered."
     assert not Path(f"/proc/{match.group(1)}").exists()
     result = send(postfix, build_message(subject="calm"))
     assert (result.code, result.text) == (550, "5.7.1 Spin module answered.")
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be collected."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_without_dash_m_a_message_sent_while_a_worker_hangs_gets_its_verdict(
+    tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
+) -> None:
+    mod = tmp_path / "slow.py"
+    mod.write_text(
+        "import time\n"
+        "def process_message_by_module(args, message):\n"
+        "    if 'slow' in message.subject:\n"
+        "        time.sleep(4)\n"
+        "    return 1\n"
+    )
+    agent = milter_agent(
+        f"""
+[Filter]
+task_name = slow
+module_name = "{mod}"
+module_safe_use = yes
+run_single_instance = 2
+task_timeout = 1
+reject_exit_codes = "1"
+reject_message = "Slow module answered."
+""",
+        extra_args=OPEN,
+    )
+    postfix.set_milter(agent.postfix_spec)
+    assert send(postfix, build_message(subject="slow one")).accepted  # no verdict in time
+    sink.wait_for(1)
+    match = re.search(
+        r"filter slow failed: timed out after 1s; worker (\d+) left running, no verdict",
+        agent.log_text(),
+    )
+    assert match is not None, agent.log_text()
+    hung = int(match.group(1))
+    result = send(postfix, build_message(subject="quick"))
+    assert (result.code, result.text) == (550, "5.7.1 Slow module answered.")
+    assert running(hung)  # answered by the other worker while the hung one still ran
+    agent.wait_for_log(f"module worker {hung} left running after its timeout has now exited")
+    assert not running(hung)
+    assert send(postfix, build_message(subject="quick again")).code == 550
