@@ -1,5 +1,5 @@
 """Packaging: the sdist and the wheel build, and the wheel installs into a fresh virtualenv
-(what pipx does) with working entry points."""
+(what pipx does) with working entry points, the original's program names included."""
 
 from __future__ import annotations
 
@@ -39,7 +39,14 @@ def test_build_and_install_in_a_fresh_venv(tmp_path: Path) -> None:
         venv / "bin" / "milter-agent", "-c", ROOT / "examples" / "milter-agent.conf", "--check"
     )
     assert "[Filter]" in check
-    usage = subprocess.run(
-        [venv / "bin" / "ma-client", "--help"], capture_output=True, text=True, timeout=60
+    for client in ("ma-client", "ma_client"):  # ma_client: the original's name
+        usage = subprocess.run(
+            [venv / "bin" / client, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert usage.returncode == 0 and "ma-client" in usage.stdout, client
+    # milter_agent, the original's name, is the same program
+    assert run(venv / "bin" / "milter_agent", "-V") == run(venv / "bin" / "milter-agent", "-V")
+    old_style = run(
+        venv / "bin" / "milter_agent", "-c", ROOT / "examples" / "milter-agent.conf", "-n"
     )
-    assert usage.returncode == 0 and "ma-client" in usage.stdout
+    assert old_style == check
