@@ -111,3 +111,40 @@ def test_no_room_for_the_output_files_tempfails_without_a_filter_error(
     eng, d = run(tmp_path, filter_section("/bin/true %r"))
     assert [s.outcome for s in d.steps] == ["tempfail"]
     assert_spool_tempfail(eng, d, "f")
+
+
+# --- waiting for a free instance -------------------------------------------------------------
+
+BUSY = filter_section("/bin/true %f", "run_single_instance = 1\ntask_timeout = 1\n")
+
+
+def run_while_busy(eng: Engine, msg: Message) -> Decision:
+    """Run ``msg`` while something else holds the filter's only instance."""
+
+    async def go() -> Decision:
+        async with eng.registry.get("f").slot(0):
+            return await eng.run(msg)
+
+    return asyncio.run(go())
+
+
+def test_no_free_instance_is_not_a_filter_error_and_the_message_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    eng = engine(tmp_path, BUSY, "-m", "1")
+    d = run_while_busy(eng, message(tmp_path))
+    assert d.verdict is Verdict.CONTINUE
+    assert d.steps[0].outcome == "continue" and "no free instance" in d.steps[0].detail
+    state = eng.registry.get("f")
+    assert (state.errors, state.error_count, state.disabled, state.timeouts) == (0, 0, False, 1)
+    assert "filter f: no free instance within 1s" in caplog.text
+    assert "message goes on without it" in caplog.text
+    d = asyncio.run(eng.run(message(tmp_path)))  # still on, even with -m 1: it runs
+    assert d.steps[0].outcome == "continue" and not d.steps[0].detail.startswith("no free")
+
+
+def test_no_free_instance_with_E_tempfails_the_message(tmp_path: Path) -> None:
+    eng = engine(tmp_path, BUSY, "-E", "-m", "1")
+    d = run_while_busy(eng, message(tmp_path))
+    assert d.verdict is Verdict.TEMPFAIL and d.reply is not None and d.reply.code == "451"
+    assert eng.registry.get("f").errors == 0
