@@ -3,7 +3,8 @@
     python tools/manpages.py [OUTDIR]     (default: man/)
 
 milter-agent(8): README's introduction and "Running as a user", the command-line options of
-docs/configuration.md, and docs/filters.md. milter-agent.conf(5): docs/configuration.md.
+docs/configuration.md, docs/filters.md and docs/testing.md (the ``test`` subcommand).
+milter-agent.conf(5): docs/configuration.md.
 ma-client(8): docs/control.md. The converter knows the Markdown our docs use: headings,
 paragraphs, bullet lists, tables, fenced code, inline code and bold.
 """
@@ -25,6 +26,11 @@ def section(markdown: str, title: str) -> str:
     if match is None:
         raise SystemExit(f"manpages: no section {title!r}")
     return match.group(2)
+
+
+def demote(markdown: str) -> str:
+    """A whole document as part of one man page section: its ``##`` become subsections."""
+    return re.sub(r"^## ", "### ", markdown, flags=re.M)
 
 
 def escape(text: str) -> str:
@@ -135,6 +141,7 @@ def pages() -> dict[str, str]:
     config = (ROOT / "docs" / "configuration.md").read_text()
     filters = (ROOT / "docs" / "filters.md").read_text()
     control = (ROOT / "docs" / "control.md").read_text()
+    testing = (ROOT / "docs" / "testing.md").read_text()
     intro = readme.split("## ", 1)[0].split("\n", 1)[1]
     daemon = (
         "## Description\n"
@@ -144,6 +151,8 @@ def pages() -> dict[str, str]:
         + "## Running as a user\n"
         + section(readme, "Running as a user")
         + filters.split("\n", 1)[1]
+        + "## Offline test\n"
+        + demote(testing.split("\n", 1)[1])
         + "## See also\n`milter-agent.conf`(5), `ma-client`(8)\n"
     )
     return {
@@ -154,7 +163,7 @@ def pages() -> dict[str, str]:
             [
                 "milter-agent [options]",
                 "milter-agent -c FILE --check",
-                "milter-agent test -c FILE --from S --rcpt R MESSAGE",
+                "milter-agent test [options] --from SENDER --rcpt RCPT MESSAGE",
             ],
             daemon,
         ),

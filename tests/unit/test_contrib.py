@@ -1,4 +1,6 @@
-"""The shipped systemd unit: systemd accepts it, and its command line is a valid one."""
+"""The shipped systemd unit: systemd accepts it, its command line is a valid one, and it runs
+the program where the README installs it. (tests/e2e/test_systemd_unit.py runs a filter under
+its restrictions.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import pytest
 
 from milter_agent.config.options import parse_command_line
 
-UNIT = Path(__file__).resolve().parents[2] / "contrib" / "milter-agent.service"
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "contrib" / "milter-agent.service"
 
 
 def exec_start() -> list[str]:
@@ -26,6 +29,14 @@ def test_unit_command_line_is_valid() -> None:
     line = parse_command_line(argv[1:])
     assert line.settings.daemon_mode == 1 and line.settings.log_target == "stdout"
     assert line.settings.watch_config
+
+
+def test_unit_runs_the_program_the_readme_installs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    install = "PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install ."
+    assert install in readme
+    assert Path(exec_start()[0]).parent == Path("/usr/local/bin")
+    assert "contrib/milter-agent.service" in readme
 
 
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
