@@ -14,6 +14,7 @@ import pytest
 
 from milter_agent.config.options import parse_command_line
 from milter_agent.config.parser import parse_config_text
+from milter_agent.control import stats
 from milter_agent.engine import Engine
 from milter_agent.filters.results import make_reply, parse_header_lines, text_lines
 from milter_agent.message import Client, Message
@@ -461,3 +462,11 @@ def test_manual_switch_off_is_not_undone_by_cooldown(tmp_path: Path) -> None:
 def test_program_output_is_in_the_step_detail(tmp_path: Path) -> None:
     _, d = run(tmp_path, filter_section("/bin/sh -c 'echo clean; echo note >&2; exit 3'"))
     assert d.steps[0].detail == "exit 3; stdout: clean; stderr: note"
+
+
+def test_control_socket_shows_the_mode_and_the_monitor_counts(tmp_path: Path) -> None:
+    extra = 'reject_exit_codes = "1"\nmode = monitor\n'
+    eng, _ = run(tmp_path, filter_section("/bin/sh -c 'exit 1'", extra))
+    (data,) = stats.filters(eng.config, eng.registry)  # what `ma-client SOCKET filters` shows
+    assert data["mode"] == "monitor"
+    assert (data["runs"], data["verdicts"], data["errors"]) == (1, {"monitor:reject": 1}, 0)
