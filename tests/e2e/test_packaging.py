@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,37 @@ def run(*argv: str | Path, cwd: Path = ROOT) -> str:
     return out.stdout
 
 
+#: Left behind by builds, tests and tools; never part of a source tree to package.
+BUILD_LEFTOVERS = shutil.ignore_patterns(
+    ".git", ".venv", ".run", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+)
+
+
+def clean_tree(tmp_path: Path) -> Path:
+    """The source tree without build leftovers: setuptools adds the files an earlier build
+    listed in src/*.egg-info to the sdist, which would hide a file MANIFEST.in fails to name."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT, tree, ignore=BUILD_LEFTOVERS)
+    return tree
+
+
+def check_c_sample_builds_from(sdist: Path, tmp_path: Path) -> None:
+    """The C module header and sample are in the sdist, and the sample builds from there."""
+    top = sdist.name.removesuffix(".tar.gz")
+    listing = run("tar", "tzf", sdist).splitlines()
+    for needed in ("include/milter_agent_module.h", "modules/Makefile", "modules/module_dummy.c"):
+        assert f"{top}/{needed}" in listing, needed
+    assert not [name for name in listing if name.endswith(".so")]
+    run("tar", "xzf", sdist, "-C", tmp_path)
+    run("make", "-s", "-C", tmp_path / top / "modules", f"BUILD={tmp_path / 'lib'}")
+    assert (tmp_path / "lib" / "module_dummy.so").stat().st_size > 0
+
+
 def test_build_and_install_in_a_fresh_venv(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    run(sys.executable, "-m", "build", "--outdir", dist)
+    # python -m build builds in an isolated environment with the setuptools pyproject.toml asks
+    # for (>= 77, for its SPDX license string), whatever the venv's own setuptools is
+    run(sys.executable, "-m", "build", "--outdir", dist, cwd=clean_tree(tmp_path))
     (wheel,) = dist.glob("milter_agent-*.whl")
     (sdist,) = dist.glob("milter_agent-*.tar.gz")
     listing = run("tar", "tzf", sdist)
@@ -31,6 +60,7 @@ def test_build_and_install_in_a_fresh_venv(tmp_path: Path) -> None:
         "docs/configuration.md",
     ):
         assert needed in listing, needed
+    check_c_sample_builds_from(sdist, tmp_path)
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)
     run(venv / "bin" / "pip", "install", "-q", wheel)
