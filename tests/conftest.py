@@ -3,8 +3,11 @@ sink (both one per session, reset per test), free ports, and the milter-agent da
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -22,17 +25,38 @@ from support.util import free_port as _free_port
 
 _POSTFIX_LOG_MARK = pytest.StashKey[int]()
 _DAEMONS = pytest.StashKey[list[MilterAgentDaemon]]()
+_OWN_TEMP = pytest.StashKey[Path]()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmpdir plugin reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
     # A CI cancel or `timeout` sends SIGTERM, which by default kills Python without running
     # finalizers or atexit, leaving Postfix running. As KeyboardInterrupt, pytest tears down.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
+    if config.option.basetemp is None:
+        config.option.basetemp = _private_basetemp(config)
+
+
+def _private_basetemp(config: pytest.Config) -> Path:
+    """A base temp directory of this run's own. pytest's default, /tmp/pytest-of-<user>, is
+    shared by every run of that user: one started meanwhile makes it 0700 again (locking
+    Postfix's smtpd, user postfix, out of the milter sockets below it) and deletes older runs'
+    directories. Removed at the end of the run unless MA_KEEP_TMP is set."""
+    own = Path(tempfile.mkdtemp(prefix=f"ma-pytest-{os.getpid()}-"))
+    own.chmod(0o711)  # others may pass through to the sockets, not list
+    config.stash[_OWN_TEMP] = own
+    return own / "run"  # pytest empties and creates it, inside the directory we own
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_TEMP, None)
+    if own is not None and not os.environ.get("MA_KEEP_TMP"):
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True)
