@@ -141,14 +141,21 @@ class MessageWork:
         return True
 
     def change_header(self, name: str, value: str, refused: Refusal) -> bool:
-        """Set the first header called ``name`` (add it if absent, with -H); needs -G."""
+        """Set the first header called ``name`` (add it if absent, with -H); needs -G.
+
+        An empty value removes that header, as CHGHEADER with an empty value does at the MTA,
+        so later filters see what the recipient will; with none there, it adds nothing.
+        """
         live = self._live(name)
         if not live:
-            return self.add_header(name, value, refused)
+            return bool(value) and self.add_header(name, value, refused)
         if not self.settings.allow_change_header:
             refused(f"change header {name}", "-G")
             return False
-        live[0].raw = " " + value
+        if value:
+            live[0].raw = " " + value
+        else:
+            live[0].deleted = True
         self._dirty = True
         return True
 

@@ -119,6 +119,27 @@ exec_cmd = "{cure} %f %n %h"
     assert msg.header_values("X-Virus-Status") == ["cured"]
 
 
+def test_repeated_names_in_the_header_file_replace_then_add(
+    tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
+) -> None:
+    scan = script(
+        tmp_path / "scan.sh",
+        "printf 'X-Virus-Scanned: ours\\nX-Seen: a\\nX-Virus-Scanned: second\\nX-Seen: b\\n'"
+        ' > "$1"\n',
+    )
+    agent = milter_agent(
+        f'[Filter]\ntask_name = scan\nexec_cmd = "{scan} %h"\n', extra_args=[*OPEN, "-HG"]
+    )
+    postfix.set_milter(agent.postfix_spec)
+    upstream = [("X-Virus-Scanned", "upstream"), ("X-Virus-Scanned", "upstream 2")]
+    assert send(postfix, headers=upstream).accepted
+    (msg,) = sink.wait_for(1)
+    # the first line replaces the first upstream header; the others add, in file order
+    assert msg.header_values("X-Virus-Scanned") == ["ours", "upstream 2", "second"]
+    assert msg.header_values("X-Seen") == ["a", "b"]
+    assert msg.header_block.endswith(b"X-Seen: a\r\nX-Virus-Scanned: second\r\nX-Seen: b\r\n\r\n")
+
+
 def test_later_filter_sees_the_changes_of_an_earlier_one(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:

@@ -286,7 +286,7 @@ def test_monitor_changes_are_logged_and_not_applied(
     cmd = '/bin/sh -c \'printf \\"new\\\\r\\\\n\\" > $0; printf \\"Subject: changed\\\\nX-New: 1\\\\n  folded\\\\n\\" > $1\' %n %h'
     _, d = run(tmp_path, filter_section(cmd, "mode = monitor\n"), "-BHG")
     assert not d.changes and d.verdict is Verdict.CONTINUE
-    would = "would replace the body; would set header Subject: changed; would set header X-New: 1 folded"
+    would = "would replace the body; would set header Subject: changed; would add header X-New: 1 folded"
     assert d.steps[0].outcome == "monitor:continue" and d.steps[0].detail == f"exit 0; {would}"
     assert f"QID42: filter f (monitor) would continue; {would}" in caplog.text
     assert leftovers(tmp_path, d) == []

@@ -182,7 +182,7 @@ exec_cmd = "/bin/sh -c 'echo X-Tag: 1 > $0' %h"
     assert outcomes(report) == [("watch", "monitor:reject"), ("tag", "monitor:continue")]
     steps = report["steps"]
     assert steps[0]["detail"] == "exit 1; would reply 550 5.7.1 Would refuse"  # type: ignore[index]
-    assert steps[1]["detail"] == "exit 0; would set header X-Tag: 1"  # type: ignore[index]
+    assert steps[1]["detail"] == "exit 0; would add header X-Tag: 1"  # type: ignore[index]
     assert report["headers_added"] == [] and report["headers_changed"] == []
 
 

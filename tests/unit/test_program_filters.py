@@ -148,3 +148,33 @@ def test_no_free_instance_with_E_tempfails_the_message(tmp_path: Path) -> None:
     d = run_while_busy(eng, message(tmp_path))
     assert d.verdict is Verdict.TEMPFAIL and d.reply is not None and d.reply.code == "451"
     assert eng.registry.get("f").errors == 0
+
+
+# --- repeated names in %h --------------------------------------------------------------------
+
+
+def header_filter(lines: str) -> str:
+    return filter_section(f"/bin/sh -c 'printf \\\"{lines}\\\" > $0' %h")
+
+
+def test_the_first_line_of_a_name_sets_and_later_lines_add(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    text = header_filter("X-A: 1\\\\nSubject: ours\\\\nX-B: 1\\\\nX-A: 2\\\\nsubject: second\\\\n")
+    text += f'[Filter]\ntask_name = g\nexec_cmd = "/bin/cp %f {seen}"\n'
+    _, d = run(tmp_path, text, "-HG")
+    assert d.changes.change_headers == [("Subject", 1, "ours")]
+    added = [("X-A", "1"), ("X-B", "1"), ("X-A", "2"), ("subject", "second")]
+    assert d.changes.add_headers == added  # in file order
+    head = seen.read_bytes().split(b"\r\n\r\n")[0].decode()
+    assert head.endswith("Subject: ours\r\nX-A: 1\r\nX-B: 1\r\nX-A: 2\r\nsubject: second")
+
+
+def test_an_empty_value_removes_the_header_and_a_repeated_empty_one_adds_nothing(
+    tmp_path: Path,
+) -> None:
+    seen = tmp_path / "seen"
+    text = header_filter("Subject:\\\\nSubject:\\\\nX-None:\\\\n")
+    text += f'[Filter]\ntask_name = g\nexec_cmd = "/bin/cp %f {seen}"\n'
+    _, d = run(tmp_path, text, "-HG")
+    assert (d.changes.change_headers, d.changes.add_headers) == ([("Subject", 1, "")], [])
+    assert b"Subject" not in seen.read_bytes()  # the next filter sees it gone too

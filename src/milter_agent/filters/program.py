@@ -21,6 +21,7 @@ from milter_agent.config.model import FilterSpec, Settings, Verdict
 from milter_agent.errors import FilterError, SpoolError
 from milter_agent.filters.results import (
     FilterResult,
+    header_file_changes,
     parse_header_lines,
     read_text,
     spool_failed,
@@ -142,8 +143,10 @@ def _interpret(
     if body is not None and _new_body(body):
         work.release(body)
         outcome.new_body = body
-    headers_text = read_text(files.get(variables.HEADER_FILE))
-    outcome.headers, problems = parse_header_lines(headers_text)
+    headers, problems = parse_header_lines(read_text(files.get(variables.HEADER_FILE)))
+    outcome.headers, outcome.add_headers = header_file_changes(
+        headers, lambda name: work.header(name) is not None
+    )
     for problem in problems:
         log.warning("filter %s: header file %s", spec.name, problem)
     return outcome

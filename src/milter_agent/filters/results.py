@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,28 @@ def parse_header_lines(text: str) -> tuple[list[tuple[str, str]], list[str]]:
             continue
         headers.append((name, value.strip()))
     return [(n, v[:MAX_HEADER_VALUE]) for n, v in headers], problems
+
+
+def header_file_changes(
+    headers: list[tuple[str, str]], present: Callable[[str], bool]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """What the lines of a ``%h`` file do, as (headers to set, headers to add, in file order).
+
+    The first line of a name the message has (``present``) sets its first header of that
+    name; every other line adds a header. So a filter can replace an upstream
+    ``X-Virus-Scanned:`` and add a second one of its own, or write two ``Received-SPF:``
+    lines. An empty value removes on a setting line and adds nothing on an adding one.
+    """
+    set_: list[tuple[str, str]] = []
+    add: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for name, value in headers:
+        if name.lower() not in seen and present(name):
+            set_.append((name, value))
+        elif value:
+            add.append((name, value))
+        seen.add(name.lower())
+    return set_, add
 
 
 _CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
