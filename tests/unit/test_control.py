@@ -385,3 +385,15 @@ def test_command_is_shown_as_shell_words() -> None:
     (row,) = stats.filters(config, Registry())
     assert row["command"] == "/usr/bin/scan --say 'hello world' %f"
     assert shlex.split(row["command"])[2] == "hello world"
+
+
+def test_one_line_joins_a_list_of_errors_after_its_heading() -> None:
+    text = "/x.conf: 2 errors:\n  /x.conf:3: a: unknown key\n\n  /x.conf:4: b: unknown key\n"
+    assert (
+        protocol.one_line(text)
+        == "/x.conf: 2 errors: /x.conf:3: a: unknown key; /x.conf:4: b: unknown key"
+    )
+    assert (
+        protocol.one_line(text, 2)
+        == "/x.conf: 2 errors: /x.conf:3: a: unknown key; ... (1 more lines)"
+    )

@@ -65,7 +65,10 @@ def one_line(text: str, max_lines: int | None = None) -> str:
     """A multi-line text (a refused configuration lists every problem) as one line, with at
     most ``max_lines`` of its lines."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    shown = "; ".join(lines[:max_lines])
+    shown = ""
+    for line in lines[:max_lines]:
+        # "3 errors:" introduces the next line; the others are items of a list
+        shown += ("" if not shown else " " if shown.endswith(":") else "; ") + line
     if max_lines is not None and len(lines) > max_lines:
         shown += f"; ... ({len(lines) - max_lines} more lines)"
     return shown
