@@ -82,6 +82,17 @@ class MessageWork:
         self._body_offset: int | None = None
         self._temp: list[Path] = []
 
+    def _refuse(self, refused: Refusal, what: str, switch: str) -> None:
+        """A change needs a switch that is not given: it is not made. ``refused`` warns once
+        per rule for the daemon's lifetime; this says so for every message, at debug level."""
+        log.debug(
+            "%s: %s refused: option %s is not given; change dropped",
+            self.message.queue_id or "NOQUEUE",
+            what,
+            switch,
+        )
+        refused(what, switch)
+
     # --- recipients ---------------------------------------------------------------------------
 
     def has_recipient(self, address: str) -> bool:
@@ -93,7 +104,7 @@ class MessageWork:
         if self.has_recipient(address):
             return False
         if not self.settings.allow_add_recipient:
-            refused(f"add recipient {strip_brackets(address)}", "-A")
+            self._refuse(refused, f"add recipient {strip_brackets(address)}", "-A")
             return False
         self.recipients.append(envelope_form(address))
         return True
@@ -103,7 +114,7 @@ class MessageWork:
         if not self.has_recipient(address):
             return False
         if not self.settings.allow_remove_recipient:
-            refused(f"remove recipient {strip_brackets(address)}", "-R")
+            self._refuse(refused, f"remove recipient {strip_brackets(address)}", "-R")
             return False
         key = address_key(address)
         self.recipients = [r for r in self.recipients if address_key(r) != key]
@@ -134,7 +145,7 @@ class MessageWork:
     def add_header(self, name: str, value: str, refused: Refusal) -> bool:
         """Append a header; needs -H."""
         if not self.settings.allow_add_header:
-            refused(f"add header {name}", "-H")
+            self._refuse(refused, f"add header {name}", "-H")
             return False
         self.entries.append(HeaderEntry(name, " " + value))
         self._dirty = True
@@ -150,7 +161,7 @@ class MessageWork:
         if not live:
             return bool(value) and self.add_header(name, value, refused)
         if not self.settings.allow_change_header:
-            refused(f"change header {name}", "-G")
+            self._refuse(refused, f"change header {name}", "-G")
             return False
         if value:
             live[0].raw = " " + value
@@ -165,7 +176,7 @@ class MessageWork:
         if not live:
             return False
         if not self.settings.allow_change_header:
-            refused(f"remove header {name}", "-G")
+            self._refuse(refused, f"remove header {name}", "-G")
             return False
         for entry in live:
             entry.deleted = True
@@ -177,7 +188,7 @@ class MessageWork:
     def replace_body(self, path: Path, refused: Refusal) -> bool:
         """Take over ``path`` as the new body; needs -B. The file is ours from now on."""
         if not self.settings.allow_change_body:
-            refused("replace body", "-B")
+            self._refuse(refused, "replace body", "-B")
             path.unlink(missing_ok=True)
             return False
         if self.new_body is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from test_engine import engine, message
 
 from milter_agent.config.model import Settings
 from milter_agent.errors import SpoolError
@@ -86,3 +89,21 @@ def test_a_full_disk_while_rewriting_is_a_spool_error_and_leaves_no_half_file(
     rewritten = work.current_file()
     assert rewritten is not None and rewritten != original
     assert b"X-New: 1\r\n\r\nbody\r\n" in rewritten.read_bytes()
+
+
+def test_a_refusal_warns_once_per_rule_and_logs_every_message_at_debug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    eng = engine(tmp_path, '[Address]\ntask_name = watch\nadd_recipient = "w@example.com"\n')
+    for _ in range(3):
+        decision = asyncio.run(eng.run(message(tmp_path)))
+        assert not decision.changes
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if "refused" in r.getMessage()]
+    assert records.count((logging.WARNING, WARNED)) == 1
+    assert records.count((logging.DEBUG, f"QID42: {DROPPED}")) == 3
+    assert len(records) == 4
+
+
+WARNED = "watch: add recipient w@example.com refused: option -A is not given"
+DROPPED = "add recipient w@example.com refused: option -A is not given; change dropped"
