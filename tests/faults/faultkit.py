@@ -3,7 +3,9 @@ health check every fault is followed by.
 
 The health check is the promise to a postmaster made measurable: the daemon is alive, answers
 the next message correctly, and holds no more file descriptors, child processes (zombies
-included), spool files or memory than it did before the fault.
+included), spool files or memory than it did before the fault. ``baseline`` sends a warm-up
+message and remembers what its answer must be; ``settle`` sends a fresh one and holds it to
+that, so no fault test can forget to check the next message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ FINAL = frozenset(b"caOrtdy4")
 NO_REPLY = (p.Macro, p.Abort, p.Quit, p.QuitNoClose)
 
 Packet = tuple[bytes, bytes]
+#: A test of the replies to a message's end.
+Expect = Callable[[list[Packet]], bool]
 
 
 class MilterClient:
@@ -197,22 +201,27 @@ def filters(agent: MilterAgentDaemon) -> list[dict[str, object]]:
 class Baseline:
     fds: int
     rss_kb: int
+    #: What the end of a fresh message must get (see ``settle``).
+    expect: Expect | None = None
 
 
 #: Memory a fault may leave behind: allocator noise, not a leaked message or 100 MB of output.
 RSS_SLACK_KB = 16 * 1024
 
 
-def baseline(agent: MilterAgentDaemon) -> Baseline:
+def baseline(agent: MilterAgentDaemon, expect: Expect | None = None) -> Baseline:
     """Measure after the daemon served a message (lazy imports, warm caches) and closed its
     connections; the lowest of a few samples, so a control connection still closing does not
-    count."""
+    count. With ``expect``, first send that warm-up message (``answers``); ``settle`` then
+    holds every later fresh message to the same test."""
+    if expect is not None:
+        answers(agent, expect)
     wait_until(lambda: status(agent)["connections_now"] == 0, 10, interval=0.05)
     samples = []
     for _ in range(5):
         time.sleep(0.05)
         samples.append(fd_count(agent.pid))
-    return Baseline(min(samples), agent.rss_kb())
+    return Baseline(min(samples), agent.rss_kb(), expect)
 
 
 def settle(
@@ -222,11 +231,26 @@ def settle(
     timeout: float = 10.0,
     rss_slack_kb: int = RSS_SLACK_KB,
     children_allowed: int = 0,
-) -> None:
+    expect: Expect | None = None,
+) -> list[Packet]:
     """Wait (bounded) until the daemon is back to ``base``: alive, no extra fds, no child
     processes (zombies or not) beyond ``children_allowed``, no spool files, no open
-    connection; and memory within ``rss_slack_kb`` of the baseline."""
+    connection; then check that it answers a fresh message correctly (``expect``, else the
+    baseline's), and that it is back to the baseline after that message too, with memory
+    within ``rss_slack_kb`` of the baseline. Returns the fresh message's answer."""
+    check = expect or base.expect
+    assert check is not None, "settle needs the answer a fresh message must get"
+    _back_to(agent, base, timeout, children_allowed)
+    got = answers(agent, check)
+    _back_to(agent, base, timeout, children_allowed)
+    rss = agent.rss_kb()
+    assert rss - base.rss_kb < rss_slack_kb, f"RSS grew from {base.rss_kb} to {rss} KiB"
+    return got
 
+
+def _back_to(
+    agent: MilterAgentDaemon, base: Baseline, timeout: float, children_allowed: int
+) -> None:
     def problems() -> list[str]:
         found = []
         if not agent.running():
@@ -257,11 +281,9 @@ def settle(
         interval=0.1,
         message=lambda: f"daemon not back to its baseline: {last}\n{tail(agent.log_text())}",
     )
-    rss = agent.rss_kb()
-    assert rss - base.rss_kb < rss_slack_kb, f"RSS grew from {base.rss_kb} to {rss} KiB"
 
 
-def answers(agent: MilterAgentDaemon, expected: Callable[[list[Packet]], bool]) -> list[Packet]:
+def answers(agent: MilterAgentDaemon, expected: Expect) -> list[Packet]:
     """A fresh connection and message; ``expected`` must hold for the end-of-message replies."""
     with MilterClient(agent.socket_spec) as mta:
         mta.handshake()

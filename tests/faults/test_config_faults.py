@@ -14,7 +14,6 @@ from pathlib import Path
 from faults.faultkit import (
     MilterClient,
     Packet,
-    answers,
     baseline,
     settle,
     status,
@@ -54,8 +53,7 @@ def test_config_deleted_truncated_garbage_while_running(
     script = write_script(tmp_path / "check.sh", '#!/bin/sh\necho "X-Checked: $3" > "$2"\n')
     agent = milter_agent(config(script, "v1"), extra_args=["-F", "-H"])
     path = agent.config
-    answers(agent, stamped("v1"))
-    base = baseline(agent)
+    base = baseline(agent, stamped("v1"))
     good_v2 = config(script, "v2")
     half = good_v2[: good_v2.index("%h")]  # inside the quoted exec_cmd value
     # (what happens to the file, the tag messages must get, generation, refused files so far)
@@ -74,8 +72,7 @@ def test_config_deleted_truncated_garbage_while_running(
         wait_for_generation(agent, generation, refused=refused)
         if (generation == 2 and tag == "v2" and name != "restored") or name == "deleted":
             assert status(agent)["last_reload_error"], name
-        answers(agent, stamped(tag))
-        settle(agent, base)
+        settle(agent, base, expect=stamped(tag))
     assert status(agent)["last_reload_error"] is None
     log = agent.log_text()
     assert log.count("refused (") == 6
@@ -87,7 +84,7 @@ def test_config_replaced_by_a_fifo_does_not_stop_the_daemon(
 ) -> None:
     script = write_script(tmp_path / "check.sh", '#!/bin/sh\necho "X-Checked: $3" > "$2"\n')
     agent = milter_agent(config(script, "v1"), extra_args=["-F", "-H"])
-    answers(agent, stamped("v1"))
+    base = baseline(agent, stamped("v1"))
     agent.config.unlink()
     os.mkfifo(agent.config)
     try:
@@ -99,3 +96,8 @@ def test_config_replaced_by_a_fifo_does_not_stop_the_daemon(
         # a writer that comes and goes lets a blocked open() return (then: an empty file)
         with contextlib.suppress(OSError):
             os.close(os.open(agent.config, os.O_WRONLY | os.O_NONBLOCK))
+    settle(agent, base)  # the FIFO still there: nothing of the attempts may stay open
+    agent.config.unlink()
+    agent.config.write_text(config(script, "v2"))
+    wait_until(lambda: status(agent)["config_generation"] == 2, 10, interval=0.05)
+    settle(agent, base, expect=stamped("v2"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from faults.faultkit import baseline, children, filters, settle, status, write_script
+from faults.faultkit import Packet, baseline, children, filters, settle, status, write_script
 from milter_agent import procs
 from support.daemon import MilterAgentDaemon
 from support.postfix import PostfixInstance
@@ -76,6 +76,11 @@ def normal_message_is_filtered(postfix: PostfixInstance, sink: SmtpSink, n: int)
     assert delivered(sink, f"normal {n}") == ["yes"]
 
 
+def checked(got: list[Packet]) -> bool:
+    """A message straight to the milter socket, as settle sends it: filtered as usual."""
+    return got == [(b"h", b"X-Checked\0 yes\0"), (b"c", b"")]
+
+
 def kill_when_started(pid_file: Path) -> None:
     wait_until(pid_file.exists, 10, interval=0.01)
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
@@ -102,7 +107,7 @@ def test_filter_fault_ends_in_a_definite_answer(
 ) -> None:
     agent = start(tmp_path, postfix, milter_agent, kill=True, timeout="1")
     normal_message_is_filtered(postfix, sink, 0)
-    base = baseline(agent)
+    base = baseline(agent, checked)
     killer = None
     if fault == "sigkill":
         killer = threading.Thread(target=kill_when_started, args=(tmp_path / "pid",))
@@ -146,7 +151,7 @@ def test_hang_without_kill_is_left_running_then_reaped(
     answered at the timeout, the program is reaped when it ends, no zombie stays."""
     agent = start(tmp_path, postfix, milter_agent, kill=False, timeout="1")
     normal_message_is_filtered(postfix, sink, 0)
-    base = baseline(agent)
+    base = baseline(agent, checked)
     script = tmp_path / "faulty.sh"
     script.write_text(FAULTY.replace("*hang*) sleep 30 ;;", "*hang*) exec sleep 2.5 ;;"))
     started = time.monotonic()
@@ -158,7 +163,8 @@ def test_hang_without_kill_is_left_running_then_reaped(
     normal_message_is_filtered(postfix, sink, 1)
     stats = filters(agent)[0]
     assert (stats["timeouts"], stats["kills"]) == (1, 0)
-    assert status(agent)["verdicts"] == {"continue": 2, "tempfail": 1}
+    # through Postfix: normal 0, hang, normal 1; directly: the warm-up and settle's message
+    assert status(agent)["verdicts"] == {"continue": 4, "tempfail": 1}
 
 
 def test_left_running_program_writing_late_leaves_no_spool_file(
@@ -166,11 +172,17 @@ def test_left_running_program_writing_late_leaves_no_spool_file(
 ) -> None:
     agent = start(tmp_path, postfix, milter_agent, kill=False, timeout="1")
     normal_message_is_filtered(postfix, sink, 0)
-    base = baseline(agent)
+    base = baseline(agent, checked)
     script = tmp_path / "faulty.sh"
     script.write_text(FAULTY.replace("*hang*) sleep 30 ;;", "*hang*) sleep 1.5 ;;"))
     assert send(postfix, "hang").code == 451
+    # the program writes its header file after 1.5 s, then ends and is reaped: the file goes
     settle(agent, base, timeout=5)
+    assert "left running after its timeout has now exited" in agent.log_text()
+    normal_message_is_filtered(postfix, sink, 1)
+    settle(agent, base)
+    postfix.wait_drained()
+    assert {str(m.headers["Subject"]) for m in sink.messages} == {"normal 0", "normal 1"}
 
 
 # --- run_program when nobody waits for it any more -------------------------------------------

@@ -17,10 +17,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from faults.faultkit import (
     MilterClient,
     Packet,
-    answers,
     baseline,
     message_commands,
     settle,
@@ -101,8 +102,7 @@ exec_cmd = "{sys.executable} {dump} {out} %f %s %{{recipients}} %{{subject}} %{{
 """,
         extra_args=["-HB"],
     )
-    answers(agent, lambda got: got == [(b"c", b"")])
-    base = baseline(agent)
+    base = baseline(agent, lambda got: got == [(b"c", b"")])
     values = hostile(marker)
     # over-long, yet within one argument's 128 KiB (MAX_ARG_STRLEN), and all of them together
     # (about 15 copies in argv and environment) within ARG_MAX
@@ -181,11 +181,12 @@ def test_a_value_too_long_for_an_argument_is_a_filter_error_not_a_silent_pass(
     agent = milter_agent(
         '[Filter]\ntask_name = subj\nexec_cmd = "/bin/true %{subject}"\n', extra_args=["-E"]
     )
+    base = baseline(agent, lambda got: got == [(b"c", b"")])
     with MilterClient(agent.socket_spec) as mta:
         mta.handshake()
         assert mta.message(message_commands(subject="S" * 200_000)) == [(b"t", b"")]
     assert "cannot run '/bin/true': Argument list too long" in agent.log_text()
-    answers(agent, lambda got: got == [(b"c", b"")])
+    settle(agent, base)
 
 
 HOSTILE_REPLY = (
@@ -208,6 +209,30 @@ HOSTILE_HEADERS = (
     "Bad Name: x\n"
 )
 
+#: A module that answers like the hostile program: ``text`` rejects with HOSTILE_REPLY as its
+#: ModuleResult text; ``files`` writes HOSTILE_REPLY and HOSTILE_HEADERS to %r and %h (as a
+#: program would) and adds an over-long header; ``cr``, ``lf``, ``nul`` add a header whose value
+#: carries that character.
+HOSTILE_MODULE = f"""
+from milter_agent.filters.module_api import ModuleResult
+REPLY = {HOSTILE_REPLY!r}
+HEADERS = {HOSTILE_HEADERS!r}
+BAD = {{"cr": "a\\rX-Injected: cr", "lf": "a\\nX-Injected: lf", "nul": "a\\0b"}}
+def process_message_by_module(args, message):
+    mode, reply_file, header_file = args
+    if mode == "text":
+        return ModuleResult("reject", text=REPLY)
+    if mode == "files":
+        for path, text in ((reply_file, REPLY), (header_file, HEADERS)):
+            with open(path, "w", newline="") as f:
+                f.write(text)
+        return ModuleResult(add_headers=[("X-Long", "L" * 10_000)])
+    return ModuleResult(add_headers=[("X-Bad", BAD[mode])])
+"""
+
+#: Who answers: a program, a module in the daemon, a module in a worker process.
+KINDS = ["program", "module", "module-safe"]
+
 
 def reply_filter(tmp_path: Path, exit_code: int) -> str:
     reply = tmp_path / "reply.txt"
@@ -226,24 +251,34 @@ exec_cmd = "{script} %r %h"
 """
 
 
-def assert_header_packet_is_clean(packet: Packet) -> None:
-    kind, payload = packet
-    if kind == b"m":
-        payload = payload[4:]
-    name, value, rest = payload.split(b"\0")
-    assert rest == b""
-    assert re.fullmatch(rb"[!-9;-~]+", name), name
-    assert b"\r" not in value
-    for continuation in value.split(b"\n")[1:]:
-        assert continuation[:1] in (b" ", b"\t"), value  # folding only, never a new header
-    assert len(value) <= 8 * 1024 + 64
+def module_filter(tmp_path: Path, mode: str, *, safe: bool) -> str:
+    module = tmp_path / "hostile.py"
+    module.write_text(HOSTILE_MODULE)
+    return f"""
+[Filter]
+task_name = answer
+module_name = "{module}"
+module_safe_use = {"yes" if safe else "no"}
+run_single_instance = 1
+exec_cmd = "{mode} %r %h"
+"""
 
 
-def test_reply_text_from_a_filter_is_clean_and_bounded(tmp_path: Path, milter_agent: Agent) -> None:
-    agent = milter_agent(reply_filter(tmp_path, 1), extra_args=["-HG"])
-    with MilterClient(agent.socket_spec) as mta:
-        mta.handshake()
-        ((kind, payload),) = mta.message()
+def answering(tmp_path: Path, milter_agent: Agent, kind: str, *, reply: bool) -> MilterAgentDaemon:
+    if kind == "program":
+        config = reply_filter(tmp_path, 1 if reply else 0)
+    else:
+        config = module_filter(tmp_path, "text" if reply else "files", safe=kind == "module-safe")
+    return milter_agent(config, extra_args=["-HG"])
+
+
+def workers(kind: str) -> int:
+    """The children settle allows: the one worker of a safe-mode module."""
+    return 1 if kind == "module-safe" else 0
+
+
+def reply_is_clean(got: list[Packet]) -> bool:
+    ((kind, payload),) = got
     assert kind == b"y"
     text = payload.rstrip(b"\0")
     assert b"\0" not in text
@@ -259,28 +294,79 @@ def test_reply_text_from_a_filter_is_clean_and_bounded(tmp_path: Path, milter_ag
     assert lines[0] == b"550-5.7.1 first line second after a bare CR"
     # a line that looks like a reply of its own is only text inside ours
     assert b"550-5.7.1 550 5.0.0 a fake second reply" in lines
+    return True
 
 
-def test_header_values_from_a_filter_are_clean_and_bounded(
-    tmp_path: Path, milter_agent: Agent
+@pytest.mark.parametrize("kind", KINDS)
+def test_reply_text_from_a_filter_is_clean_and_bounded(
+    tmp_path: Path, milter_agent: Agent, kind: str
 ) -> None:
-    agent = milter_agent(reply_filter(tmp_path, 0), extra_args=["-HG"])
-    with MilterClient(agent.socket_spec) as mta:
-        mta.handshake()
-        got = mta.message(message_commands(headers=[("X-A", " original")]))
+    agent = answering(tmp_path, milter_agent, kind, reply=True)
+    base = baseline(agent, reply_is_clean)  # the warm-up message gets the hostile reply
+    settle(agent, base, children_allowed=workers(kind))  # and so does the next one
+
+
+def header_name(packet: Packet) -> bytes:
+    kind, payload = packet
+    return (payload[4:] if kind == b"m" else payload).split(b"\0")[0]
+
+
+def assert_header_packet_is_clean(packet: Packet) -> None:
+    kind, payload = packet
+    if kind == b"m":
+        payload = payload[4:]
+    name, value, rest = payload.split(b"\0")
+    assert rest == b""
+    assert re.fullmatch(rb"[!-9;-~]+", name), name
+    assert b"\r" not in value
+    for continuation in value.split(b"\n")[1:]:
+        assert continuation[:1] in (b" ", b"\t"), value  # folding only, never a new header
+    assert len(value) <= 8 * 1024 + 64
+
+
+def headers_are_clean(got: list[Packet]) -> bool:
     assert got[-1] == (b"c", b"")
     actions = got[:-1]
     assert actions and all(kind in (b"h", b"m") for kind, _ in actions), got
     for packet in actions:
         assert_header_packet_is_clean(packet)
-    names = [
-        payload.split(b"\0")[0] if kind == b"h" else payload[4:].split(b"\0")[0]
-        for kind, payload in actions
-    ]
+    names = [header_name(packet) for packet in actions]
     assert b"Bad Name" not in names and b"Not a header line" not in names
     assert b"X-Smuggled-By-CR" not in names  # a bare CR inside a line does not end it
-    log = agent.log_text()
-    assert "not a 'Name: value' header line" in log
+    return True
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_header_values_from_a_filter_are_clean_and_bounded(
+    tmp_path: Path, milter_agent: Agent, kind: str
+) -> None:
+    agent = answering(tmp_path, milter_agent, kind, reply=False)
+    base = baseline(agent, headers_are_clean)
+    with MilterClient(agent.socket_spec) as mta:
+        mta.handshake()
+        got = mta.message(message_commands(headers=[("X-A", " original")]))
+    assert headers_are_clean(got)
+    if kind != "program":  # the module's own over-long header: cut to 8 KiB
+        (long,) = [payload for kind, payload in got if header_name((kind, payload)) == b"X-Long"]
+        assert long == b"X-Long\0 " + b"L" * 8 * 1024 + b"\0"
+    assert "not a 'Name: value' header line" in agent.log_text()
+    settle(agent, base, children_allowed=workers(kind))
+
+
+@pytest.mark.parametrize("safe", [False, True], ids=["module", "module-safe"])
+@pytest.mark.parametrize("char", ["cr", "lf", "nul"])
+def test_module_header_value_with_cr_lf_or_nul_is_refused(
+    tmp_path: Path, milter_agent: Agent, char: str, safe: bool
+) -> None:
+    """A module's header value is refused whole, not repaired: its result is a filter error
+    (-E: tempfail) and nothing of it reaches the MTA."""
+    agent = milter_agent(module_filter(tmp_path, char, safe=safe), extra_args=["-HGE"])
+    base = baseline(agent, lambda got: got == [(b"t", b"")])
+    assert "returned a bad ModuleResult: a header value must not contain CR, LF or NUL" in (
+        agent.log_text()
+    )
+    settle(agent, base, children_allowed=int(safe))
+    assert "X-Injected" not in agent.log_text()
 
 
 def test_message_data_echoed_by_a_filter_never_becomes_a_header_of_its_own(
