@@ -11,8 +11,12 @@ A direct protocol client plays the MTA so that every field can carry what Postfi
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import os
 import re
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +31,7 @@ from faults.faultkit import (
     settle,
     write_script,
 )
+from milter_agent import logsetup
 from milter_agent import protocol as p
 from support.daemon import MilterAgentDaemon
 from support.postfix import PostfixInstance
@@ -391,3 +396,178 @@ def test_message_data_echoed_by_a_filter_never_becomes_a_header_of_its_own(
         assert msg.header_values("X-Spam-Flag") == [], msg.data[:400]
         (seen,) = msg.header_values("X-Seen-Subject")
         assert "X-Spam-Flag: NO" in seen  # still there, as text inside the one header
+
+
+# --- log lines: one record, one line, whatever the MTA sends -----------------------------------
+
+#: A sender that tries to end our log record and start a forged one of its own.
+FORGED = "x\n2024-01-01 00:00:00,000 milter-agent[1] INFO: QID0: client=forged decision=continue"
+LOG_VALUES = ["a\nb\r\nc\td", FORGED, "esc\x1b[2J del\x7f nel\x85 ls\u2028 nul-free", "raw\udcff"]
+STDERR_LINE = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} milter-agent\[(\d+)\] "
+    r"(?:DEBUG|DETAIL|INFO|WARNING|ERROR|CRITICAL): (.*)"
+)
+STDOUT_LINE = re.compile(r"<[2-7]>(.*)")
+MESSAGE_LINE = re.compile(r" rcpts=\d+ size=\d+ decision=\w+ time=")
+#: What no log line may hold raw (TAB included: it is escaped as well).
+RAW_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+NOISY = """#!/bin/sh
+# a careless filter: its arguments (message data) on stderr, which the daemon logs
+printf 'arg: %s\\n' "$@" >&2
+printf '%s' "$1"
+"""
+
+
+class StdoutDaemon(MilterAgentDaemon):
+    """A daemon logging to stdout (journald's format); ready and log checks read stdout."""
+
+    def log_text(self) -> str:
+        return self.stdout_text()
+
+
+def start_logging_daemon(tmp_path: Path, target: str) -> MilterAgentDaemon:
+    noisy = write_script(tmp_path / "noisy.sh", NOISY)
+    work = tmp_path / "agent"
+    work.mkdir()
+    config = work / "milter-agent.conf"
+    config.write_text(
+        "[Filter]\ntask_name = noisy\n"
+        f'exec_cmd = "{noisy} %s %{{recipients}} %{{subject}} %{{client_name}} %{{queue_id}}"\n'
+    )
+    cls = StdoutDaemon if target == "stdout" else MilterAgentDaemon
+    agent = cls(
+        config,
+        f"unix:{work}/milter.sock",
+        f"unix:{work}/control.sock",
+        work / "spool",
+        work,
+        extra_args=["-l", "9", "-v", "-I", "--log-target", target],
+    )
+    agent.start()
+    return agent
+
+
+@pytest.mark.parametrize("target", ["stderr", "stdout"])
+def test_every_log_record_is_one_line_whatever_the_mta_sends(tmp_path: Path, target: str) -> None:
+    agent = start_logging_daemon(tmp_path, target)
+    try:
+        base = baseline(agent, expect=lambda got: got == [(b"c", b"")])
+        for n, value in enumerate(LOG_VALUES):
+            with MilterClient(agent.socket_spec) as mta:
+                mta.command(p.OptNeg(6, p.Action(0x1FF), p.ProtocolFlag(0x1FFFFF)))
+                assert mta.command(p.Connect(value, "4", 25, "192.0.2.1")) == [(b"c", b"")]
+                assert mta.command(p.Helo(value)) == [(b"c", b"")]
+                commands = message_commands(
+                    sender=f"<{value}@example.org>",
+                    recipients=[f"<{value}@example.net>"],
+                    subject=value,
+                    queue_id=f"Q{n}{value}",
+                )
+                assert mta.message(commands) == [(b"c", b"")], value
+            settle(agent, base)
+        raw = (agent.stdout_path if target == "stdout" else agent.stderr_path).read_bytes()
+    finally:
+        agent.stop()
+    assert_one_record_per_line(raw, target, agent.pid)
+    text = raw.decode()
+    # one line per message (the warm-up, the hostile ones, one from each settle), every value
+    # escaped on it
+    decisions = [line for line in text.splitlines() if MESSAGE_LINE.search(line)]
+    assert len(decisions) == 1 + 2 * len(LOG_VALUES), decisions
+    assert r"Q0a\nb\r\nc\td: client=a\nb\r\nc\td[192.0.2.1] from=<a\nb\r\nc\td@example.org>" in text
+    assert r"from=<raw\xff@example.org>" in text
+    assert r"ls\u2028 nul-free" in text and r"esc\x1b[2J del\x7f nel\x85" in text
+    assert r"arg: a\nb\r\nc\td@example.org" in text  # the program's stderr, too
+    assert "Traceback" not in text and "Logging error" not in agent.log_text()
+
+
+def assert_one_record_per_line(raw: bytes, target: str, pid: int) -> None:
+    """Every line is a whole record of the daemon's, printable, in valid UTF-8."""
+    text = raw.decode("utf-8")  # strict: no raw 8-bit byte reached the log
+    assert text.endswith("\n")
+    for line in text[:-1].split("\n"):
+        if target == "stdout":
+            match = STDOUT_LINE.fullmatch(line)
+        else:
+            match = STDERR_LINE.fullmatch(line)
+            assert match is None or int(match.group(1)) == pid, line
+        assert match is not None, f"not a record of its own: {line!r}"
+        assert not RAW_CONTROL.search(line), line
+        assert not line.lstrip("<0123456789>").startswith("2024-01-01"), line
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("plain Grüße ✓ text", "plain Grüße ✓ text"),
+        ("a\nb\r\nc\td", r"a\nb\r\nc\td"),
+        ("\x00\x01\x1b\x1f", r"\x00\x01\x1b\x1f"),
+        ("del\x7f nel\x85 c1\x9f nbsp\xa0", r"del\x7f nel\x85 c1\x9f nbsp" + "\xa0"),
+        ("ls\u2028ps\u2029", r"ls\u2028ps\u2029"),
+        ("raw\udcff\udc80", r"raw\xff\x80"),
+        ("lone\ud800", r"lone\ud800"),
+        ("back\\slash \\n", r"back\\slash \\n"),  # a literal "\n" stays apart from a newline
+    ],
+)
+def test_escape_controls(text: str, escaped: str) -> None:
+    assert logsetup.escape_controls(text) == escaped
+
+
+def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
+    info = None
+    if exc:
+        try:
+            raise ValueError("bad\nvalue")
+        except ValueError:
+            info = sys.exc_info()
+    return logging.LogRecord("t", logging.INFO, __file__, 1, message, args, info)
+
+
+def test_safe_formatter_puts_message_arguments_and_traceback_on_one_line() -> None:
+    formatter = logsetup.SafeFormatter("%(levelname)s: %(message)s")
+    assert formatter.format(record("from=<%s>", "a\nb")) == r"INFO: from=<a\nb>"
+    line = formatter.format(record("failed: %s", "x\ry", exc=True))
+    assert "\n" not in line and "\r" not in line
+    assert line.startswith(r"INFO: failed: x\ry\nTraceback") and line.endswith(
+        r"ValueError: bad\nvalue"
+    )
+
+
+def emitted_lines(handler: logging.Handler, message: str, *args: object) -> None:
+    logger = logging.getLogger(f"milter_agent.test.{id(handler)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.warning(message, *args)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+@pytest.mark.parametrize("target", ["stderr", "stdout"])
+def test_stream_handlers_escape_and_never_fail_on_raw_bytes(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a strict stream, as stdout may be under a service manager: a raw surrogate would not encode
+    buffer = io.BytesIO()
+    stream = io.TextIOWrapper(buffer, encoding="utf-8", errors="strict", write_through=True)
+    errors = io.StringIO()  # where logging reports a record it failed to write
+    monkeypatch.setattr(sys, "stderr", errors)
+    monkeypatch.setattr(sys, target, stream)  # to stderr: a failure would be a second line
+    handler = logsetup.make_handler(target)
+    emitted_lines(handler, "%s: from=<%s>", "Q1", "raw\udcff\nforged")
+    (line,) = buffer.getvalue().decode("utf-8").splitlines()
+    assert line.endswith(r"Q1: from=<raw\xff\nforged>"), line
+    assert errors.getvalue() == ""
+
+
+def test_syslog_handler_escapes(tmp_path: Path) -> None:
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(5)
+        emitted_lines(logsetup.make_handler("syslog", str(path)), "from=<%s>", "a\r\nb\udcff")
+        datagram = server.recv(65536)
+    assert datagram.rstrip(b"\0").endswith(rb"milter-agent[%d]: from=<a\r\nb\xff>" % os.getpid())
+    assert not re.search(rb"[\x00-\x1f]", datagram.rstrip(b"\0"))
