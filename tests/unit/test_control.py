@@ -397,3 +397,14 @@ def test_one_line_joins_a_list_of_errors_after_its_heading() -> None:
         protocol.one_line(text, 2)
         == "/x.conf: 2 errors: /x.conf:3: a: unknown key; ... (1 more lines)"
     )
+
+
+def test_a_path_that_is_no_socket_is_one_line_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "dir").mkdir()
+    assert client.main([str(tmp_path / "plain"), "status"]) == client.EXIT_NO_DAEMON
+    assert client.main([str(tmp_path / "dir") + "/", "status"]) == client.EXIT_NO_DAEMON
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("ma-client: ") for line in err), err

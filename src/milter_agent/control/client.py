@@ -53,6 +53,8 @@ def ask(spec: str, command: str, *args: str, timeout: float = 10.0) -> Any:
         raise ClientError(f"access to {path} refused", EXIT_DENIED) from None
     except TimeoutError:
         raise ClientError(f"no answer from {path} within {timeout:g}s", EXIT_TIMEOUT) from None
+    except OSError as exc:  # e.g. the daemon went away mid-answer: still one line, no trace
+        raise ClientError(f"{path}: {exc.strerror or exc}", EXIT_NO_DAEMON) from None
     try:
         answer = protocol.decode(data)
     except ValueError:
