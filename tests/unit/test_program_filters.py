@@ -4,7 +4,9 @@ wait for a free instance, repeated header names in %h."""
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,36 @@ def test_an_empty_value_removes_the_header_and_a_repeated_empty_one_adds_nothing
     _, d = run(tmp_path, text, "-HG")
     assert (d.changes.change_headers, d.changes.add_headers) == ([("Subject", 1, "")], [])
     assert b"Subject" not in seen.read_bytes()  # the next filter sees it gone too
+
+
+# --- values that start with "-" ------------------------------------------------------------
+
+PARSE = """
+import argparse, json, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("--sender")
+parser.add_argument("--subject")
+parser.add_argument("rest", nargs="*")
+json.dump(vars(parser.parse_args(sys.argv[2:])), open(sys.argv[1], "w"))
+"""
+
+
+def test_dash_values_stay_values_with_attached_options_and_a_double_dash(tmp_path: Path) -> None:
+    """What docs/filters.md advises against argument injection, with a real option parser."""
+    (tmp_path / "parse.py").write_text(PARSE)
+    out = tmp_path / "parsed.json"
+    cmd = (
+        f"{sys.executable} {tmp_path}/parse.py {out} --sender=%s --subject=%{{subject}} "
+        "-- %{recipients} %{subject}"
+    )
+    eng = engine(tmp_path, filter_section(cmd))
+    msg = message(tmp_path, recipients=("<--help@example.com>",))
+    msg.sender = "<-oQ/tmp@example.com>"
+    msg.headers[2] = ("Subject", " --version")
+    d = asyncio.run(eng.run(msg))
+    assert d.steps[0].outcome == "continue"
+    assert json.loads(out.read_text()) == {
+        "sender": "-oQ/tmp@example.com",
+        "subject": "--version",
+        "rest": ["--help@example.com", "--version"],
+    }
