@@ -40,8 +40,10 @@ exec_cmd = "/usr/bin/cmp -s %f %f"
 
 
 def no_milter_warnings(postfix: PostfixInstance, since: int) -> None:
+    """Postfix logged no warning at all since ``since`` (a milter protocol problem is logged as
+    a warning, and so would be anything else wrong with the test's mail)."""
     log = postfix.log_text(since)
-    assert "milter" not in log.lower() or "warning" not in log.lower(), log
+    assert "warning" not in log.lower(), log
 
 
 def test_pass_through_delivers_the_message_unchanged(
