@@ -16,7 +16,7 @@ from milter_agent.config.model import (
     SubjectList,
 )
 from milter_agent.config.options import CommandLine, build_parser, parse_command_line
-from milter_agent.config.parser import load_config, parse_config_text
+from milter_agent.config.parser import ConfigLocked, load_config, parse_config_text
 from milter_agent.config.problems import ConfigErrors
 from milter_agent.config.reload import ConfigStore
 from milter_agent.config.render import check_config, render_config
@@ -27,6 +27,7 @@ __all__ = [
     "CommandLine",
     "Config",
     "ConfigErrors",
+    "ConfigLocked",
     "ConfigStore",
     "CronExpression",
     "FileStamp",

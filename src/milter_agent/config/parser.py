@@ -30,7 +30,8 @@ from milter_agent.config.problems import Problems
 from milter_agent.errors import ConfigError
 
 #: How long to wait for a shared lock (-a) before giving up; a writer holding an exclusive
-#: lock for longer than this is stuck, and the old configuration stays.
+#: lock for longer than this is stuck, and the old configuration stays. The wait blocks the
+#: calling thread: the daemon reads the file in a worker thread, never on its event loop.
 LOCK_TIMEOUT = 5.0
 _LOCK_POLL = 0.05
 
@@ -38,6 +39,11 @@ _SECTION = re.compile(r"\[([^\]]*)\]\s*(?:#.*)?")
 _ENTRY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
 _BARE_COMMENT = re.compile(r"(?:^|\s)#")
 _NEEDS_ESCAPE = re.compile(r'"|\\(?=[\\"]|$)')
+
+
+class ConfigLocked(ConfigError):
+    """Another process held an exclusive lock on the file (-a) for the whole wait: the file's
+    content is unknown, not wrong, so it is to be read again rather than refused."""
 
 
 @dataclass(frozen=True)
@@ -162,21 +168,28 @@ def parse_config_text(
 
 
 def load_config(
-    path: str, command_line: CommandLine | None = None, *, lock: bool | None = None
+    path: str,
+    command_line: CommandLine | None = None,
+    *,
+    lock: bool | None = None,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> Config:
     """Read and parse the file at ``path``.
 
     ``lock`` (default: the command line's -a) holds a shared ``flock`` while reading, so a
-    writer that takes an exclusive lock is never read half-written.
+    writer that takes an exclusive lock is never read half-written; it is waited for up to
+    ``lock_timeout`` seconds, then ``ConfigLocked`` is raised.
     """
     command_line = command_line or CommandLine()
     if lock is None:
         lock = command_line.settings.lock_config
-    data, stamp = read_config_file(path, lock=lock)
+    data, stamp = read_config_file(path, lock=lock, lock_timeout=lock_timeout)
     return parse_config_text(decode_config(data, path), path, command_line, stamp=stamp)
 
 
-def read_config_file(path: str, *, lock: bool) -> tuple[bytes, FileStamp]:
+def read_config_file(
+    path: str, *, lock: bool, lock_timeout: float = LOCK_TIMEOUT
+) -> tuple[bytes, FileStamp]:
     """The file's bytes and its stamp, taken before reading: if a writer changes the file while
     we read, the stamp is older than the file and the next check reloads it."""
     try:
@@ -190,7 +203,7 @@ def read_config_file(path: str, *, lock: bool) -> tuple[bytes, FileStamp]:
             raise
         with file:
             if lock:
-                _lock_shared(file.fileno(), path)
+                _lock_shared(file.fileno(), path, lock_timeout)
             info = os.fstat(file.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise ConfigError("not a regular file", path=path)
@@ -200,16 +213,16 @@ def read_config_file(path: str, *, lock: bool) -> tuple[bytes, FileStamp]:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=path) from None
 
 
-def _lock_shared(fd: int, path: str) -> None:
-    deadline = time.monotonic() + LOCK_TIMEOUT
+def _lock_shared(fd: int, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise ConfigError(
-                    f"still locked by another process after {LOCK_TIMEOUT:g}s", path=path
+                raise ConfigLocked(
+                    f"still locked by another process after {timeout:g}s", path=path
                 ) from None
             time.sleep(_LOCK_POLL)
 

@@ -1,14 +1,18 @@
 """Reload bookkeeping: which configuration is current, when to look at the file again, and
 what went wrong last time.
 
-No signals and no asyncio here: the daemon calls ``maybe_reload(now)`` when a message arrives
-(the seed's "detecting the change of the configuration") and ``reload()`` on SIGUSR1. A config
-with any error is refused whole and the old one stays; each message keeps the ``Config`` it
-started with, because configs are immutable and only the reference here changes.
+No signals here: the daemon calls ``poll(now)`` once a second and when a message arrives (the
+seed's "detecting the change of the configuration") and reloads with ``reload_in_thread()``,
+also on SIGUSR1 and SIGHUP. Reading happens in a worker thread because with -a it may wait up
+to ``LOCK_TIMEOUT`` for a writer's lock, which must not stall the event loop; the result is
+installed back on the caller's thread. A config with any error is refused whole and the old one
+stays; each message keeps the ``Config`` it started with, because configs are immutable and only
+the reference here changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -16,7 +20,7 @@ from collections.abc import Callable
 
 from milter_agent.config.model import Config, FileStamp
 from milter_agent.config.options import CommandLine
-from milter_agent.config.parser import load_config
+from milter_agent.config.parser import LOCK_TIMEOUT, ConfigLocked, load_config
 from milter_agent.config.problems import ConfigErrors
 from milter_agent.errors import ConfigError
 
@@ -24,6 +28,8 @@ from milter_agent.errors import ConfigError
 CHECK_INTERVAL = 1.0
 
 _log = logging.getLogger("milter_agent.config")
+
+_Outcome = Config | ConfigError
 
 
 class ConfigStore:
@@ -43,6 +49,8 @@ class ConfigStore:
         self._current = initial or load_config(command_line.config_path, command_line)
         self._seen: FileStamp | None = self._current.stamp
         self._last_check: float | None = None
+        self._reads = 0  # reads started so far; each read's number orders its result
+        self._installed_read = 0
         self.generation = 1
         self.last_error: ConfigError | None = None
         self.last_error_time: float | None = None
@@ -55,16 +63,18 @@ class ConfigStore:
     def path(self) -> str:
         return self._command_line.config_path
 
-    def maybe_reload(self, now: float) -> bool:
+    def poll(self, now: float) -> FileStamp | None:
         """With watch_config (-F): at most once per CHECK_INTERVAL of ``now`` (a monotonic
-        clock), stat the file and reload it if its device, inode, size or mtime changed.
+        clock), stat the file; its stamp when its device, inode, size or mtime differ from the
+        last file read, else None. Pass the stamp to a reload.
 
-        A broken file is tried once per change, not once per check, so it is logged once.
+        A broken file is tried once per change, not once per check, so it is logged once; a
+        file that was locked (-a) is tried again, since its content was never seen.
         """
         if not self._current.settings.watch_config:
-            return False
+            return None
         if self._last_check is not None and now - self._last_check < CHECK_INTERVAL:
-            return False
+            return None
         self._last_check = now
         try:
             info = os.stat(self.path)
@@ -72,22 +82,61 @@ class ConfigStore:
             if self._seen is not None:  # report a vanished file once, not every second
                 self._seen = None
                 self._refuse(ConfigError(f"cannot read: {exc.strerror or exc}", path=self.path))
-            return False
+            return None
         stamp = FileStamp(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-        if stamp == self._seen:
-            return False
-        self._seen = stamp
-        return self.reload()
+        return None if stamp == self._seen else stamp
 
-    def reload(self) -> bool:
-        """Load the file now; install it if valid. True when a new config was installed."""
+    def maybe_reload(self, now: float) -> bool:
+        """``poll``, then reload on this thread if the file changed."""
+        stamp = self.poll(now)
+        return stamp is not None and self.reload(stamp)
+
+    def reload(self, stamp: FileStamp | None = None) -> bool:
+        """Load the file now on this thread (with -a: waiting for a lock); install it if valid.
+        True when a new config was installed. ``stamp``: what ``poll`` saw, if it asked."""
+        number = self._begin()
+        return self._settle(number, self._read(LOCK_TIMEOUT), stamp)
+
+    async def reload_in_thread(self, stamp: FileStamp | None = None) -> bool:
+        """``reload``, with the file read and parsed in a worker thread."""
+        number = self._begin()
+        outcome = await asyncio.to_thread(self._read, LOCK_TIMEOUT)
+        return self._settle(number, outcome, stamp)
+
+    def reload_unless_locked(self) -> bool | None:
+        """``reload`` without waiting for a lock (-a): None, and nothing recorded, when another
+        process holds one; the caller can then wait for it with ``reload_in_thread``."""
+        number = self._begin()
+        outcome = self._read(0.0)
+        return None if isinstance(outcome, ConfigLocked) else self._settle(number, outcome, None)
+
+    def _begin(self) -> int:
+        self._reads += 1
+        return self._reads
+
+    def _read(self, lock_timeout: float) -> _Outcome:
+        """The new config or why there is none; changes nothing, so any thread may call it."""
         try:
-            config = load_config(self.path, self._command_line, lock=self._lock_wanted())
+            return load_config(
+                self.path, self._command_line, lock=self._lock_wanted(), lock_timeout=lock_timeout
+            )
         except ConfigError as exc:
-            self._refuse(exc)
+            return exc
+
+    def _settle(self, number: int, outcome: _Outcome, stamp: FileStamp | None) -> bool:
+        if number < self._installed_read:
+            return False  # a read that started later was installed meanwhile: it is newer
+        if isinstance(outcome, Config):
+            self._installed_read = number
+            self._install(outcome)
+            return True
+        if isinstance(outcome, ConfigLocked):
+            self._locked(outcome)  # the stamp is not recorded: the next check reads it again
             return False
-        self._install(config)
-        return True
+        if stamp is not None:
+            self._seen = stamp
+        self._refuse(outcome)
+        return False
 
     def _lock_wanted(self) -> bool:
         """-a from the command line, or lock_config = yes in the config now in force (the new
@@ -110,6 +159,16 @@ class ConfigStore:
         for warning in config.warnings:
             _log.warning("configuration warning: %s", warning)
 
+    def _locked(self, error: ConfigLocked) -> None:
+        self.last_error = error
+        self.last_error_time = self._wall_clock()
+        _log.warning(
+            "configuration %s not read: %s; keeping the one loaded at %s",
+            self.path,
+            error.reason,
+            self._loaded_at(),
+        )
+
     def _refuse(self, error: ConfigError) -> None:
         self.last_error = error
         self.last_error_time = self._wall_clock()
@@ -118,7 +177,10 @@ class ConfigStore:
             "configuration %s refused (%d errors), keeping the one loaded at %s",
             self.path,
             len(errors),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._current.loaded_at)),
+            self._loaded_at(),
         )
         for each in errors:
             _log.error("configuration error: %s", each)
+
+    def _loaded_at(self) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._current.loaded_at))

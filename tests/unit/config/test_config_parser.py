@@ -20,11 +20,16 @@ from config_helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from milter_agent.config import parser as parser_module
 from milter_agent.config.keys import SETTINGS
 from milter_agent.config.model import AddressRule, FilterSpec, Settings
 from milter_agent.config.options import parse_command_line
-from milter_agent.config.parser import load_config, parse_config_text, parse_value, quote_value
+from milter_agent.config.parser import (
+    ConfigLocked,
+    load_config,
+    parse_config_text,
+    parse_value,
+    quote_value,
+)
 from milter_agent.config.problems import ConfigErrors
 from milter_agent.errors import ConfigError
 from milter_agent.variables import Variable
@@ -879,14 +884,13 @@ def test_binary_garbage_names_the_line(tmp_path: Path) -> None:
     assert str(caught.value) == f"{path}:2: not UTF-8 text (binary or garbage?)"
 
 
-def test_shared_lock_waits_for_a_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shared_lock_waits_for_a_writer(tmp_path: Path) -> None:
     path = tmp_path / "m.conf"
     path.write_text("[Address]\nadd_recipient = a\n")
-    monkeypatch.setattr(parser_module, "LOCK_TIMEOUT", 0.2)
     with open(path, "rb") as writer:
         fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(ConfigError, match="still locked by another process"):
-            load_config(str(path), parse_command_line(["-a"]))
+        with pytest.raises(ConfigLocked, match=r"still locked by another process after 0\.2s"):
+            load_config(str(path), parse_command_line(["-a"]), lock_timeout=0.2)
         assert load_config(str(path)).sections  # without -a no lock is taken
         fcntl.flock(writer.fileno(), fcntl.LOCK_UN)
         fcntl.flock(writer.fileno(), fcntl.LOCK_SH)  # another reader does not block us

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from milter_agent.config import reload as reload_module
+from milter_agent.config.model import Config
 from milter_agent.config.options import parse_command_line
-from milter_agent.config.parser import load_config
+from milter_agent.config.parser import ConfigLocked, load_config
 from milter_agent.config.problems import ConfigErrors
 from milter_agent.config.reload import CHECK_INTERVAL, ConfigStore
 from milter_agent.errors import ConfigError
@@ -222,3 +227,115 @@ def test_lock_follows_the_config_in_force(conf: Path, monkeypatch: pytest.Monkey
     store.reload()
     store.reload()
     assert seen == [True, False]  # ...which applies from the next read on
+
+
+# --- -a: waiting for a writer's lock -----------------------------------------------------------
+
+
+class Writer:
+    """Another process's editor: holds an exclusive flock while it writes the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "r+b")  # noqa: SIM115 - closed by release()
+        fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
+
+    def write(self, text: str) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(text.encode())
+        self.file.flush()
+        info = os.fstat(self.file.fileno())
+        os.utime(self.file.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+
+    def release(self) -> None:
+        fcntl.flock(self.file.fileno(), fcntl.LOCK_UN)
+        self.file.close()
+
+
+def test_a_lock_timeout_does_not_hide_the_change(
+    conf: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file changed while a writer held it locked past the wait: its content was never
+    read, so the next check must read it (not take the change as seen)."""
+    monkeypatch.setattr(reload_module, "LOCK_TIMEOUT", 0.1)
+    store = store_for(conf, "-F", "-a")
+    writer = Writer(conf)
+    try:
+        writer.write(BETTER)
+        with caplog.at_level(logging.WARNING, logger="milter_agent.config"):
+            assert store.maybe_reload(10.0) is False
+        assert isinstance(store.last_error, ConfigLocked)
+        assert "not read: still locked by another process after 0.1s" in caplog.text
+        assert "refused" not in caplog.text
+        assert store.maybe_reload(12.0) is False  # still locked: tried again, not skipped
+    finally:
+        writer.release()
+    assert store.maybe_reload(14.0) is True
+    assert names(store) == ["one", "two"]
+    assert store.last_error is None
+
+
+def test_a_reader_in_a_thread_waits_for_the_writer_and_the_loop_keeps_serving(
+    conf: Path,
+) -> None:
+    store = store_for(conf, "-a")
+    writer = Writer(conf)
+    writer.write(BETTER + "[Filter]\ntask_name = three\nexec_cmd = /bin/three\n")
+
+    async def scenario() -> tuple[int, bool, bool]:
+        reading = asyncio.ensure_future(store.reload_in_thread())
+        ticks = 0
+        for _ in range(30):  # 0.3 s of other work on the loop while the reader waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        done_while_locked = reading.done()
+        writer.release()
+        return ticks, done_while_locked, await reading
+
+    started = time.monotonic()
+    ticks, done_early, installed = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert ticks == 30 and not done_early and installed
+    assert time.monotonic() - started < 5  # released after 0.3 s, not the 5 s lock timeout
+    assert names(store) == ["one", "two", "three"]
+    assert store.generation == 2 and store.last_error is None
+
+
+def test_reload_unless_locked_records_nothing_while_locked(conf: Path) -> None:
+    store = store_for(conf, "-a")
+    writer = Writer(conf)
+    try:
+        writer.write(BETTER)
+        assert store.reload_unless_locked() is None
+        assert store.last_error is None and store.generation == 1
+    finally:
+        writer.release()
+    assert store.reload_unless_locked() is True
+    assert names(store) == ["one", "two"]
+
+
+def test_a_slow_older_read_never_replaces_a_newer_one(
+    conf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_for(conf)
+    old_text, gate = store.current, threading.Event()
+    write(conf, BETTER)
+    newer = load_config(str(conf))
+    results = iter([old_text, newer])
+
+    def read(_timeout: float) -> Config:
+        config = next(results)
+        if config is old_text:
+            gate.wait(10)  # the first read is slow (say, a big file on a slow disk)
+        return config
+
+    monkeypatch.setattr(store, "_read", read)
+
+    async def scenario() -> bool:
+        slow = asyncio.ensure_future(store.reload_in_thread())
+        await asyncio.sleep(0.05)
+        assert store.reload() is True  # SIGUSR1 meanwhile: the newer read wins
+        gate.set()
+        return await slow
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) is False
+    assert store.current is newer and store.generation == 2
