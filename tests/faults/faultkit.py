@@ -11,10 +11,14 @@ that, so no fault test can forget to check the next message.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pwd
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,3 +309,73 @@ def write_script(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o755)
     return path
+
+
+# --- the daemon as an unprivileged user --------------------------------------------------------
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+#: The venv's interpreter lives under /root (0700), which nobody cannot read.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@contextlib.contextmanager
+def unprivileged_daemon(
+    directory: Path, args: Sequence[str], user: str = "nobody"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The daemon started by root with ``-u user`` (and ``args``), from /usr/bin/python3 with
+    this tree on PYTHONPATH, its stderr in ``directory/daemon.log``; yielded once it has
+    logged that it started (bounded), terminated at the end."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        raise AssertionError(f"{SYSTEM_PYTHON} is needed to run the daemon as {user}")
+    site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+    log = directory / "daemon.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [SYSTEM_PYTHON, "-m", "milter_agent", "-d", "1", "-u", user, *args],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{SRC}:{site}"},
+            stderr=err,
+        )
+    try:
+        wait_until(lambda: " started (pid" in log.read_text() or proc.poll() is not None, 30)
+        assert proc.poll() is None, log.read_text()
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def proc_ids(pid: int) -> dict[str, list[int]]:
+    """Uid (real, effective, saved, fs), Gid (the same) and Groups of a process."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {
+        key: [int(v) for v in line.split()[1:]]
+        for line in status
+        for key in ("Uid", "Gid", "Groups")
+        if line.startswith(key + ":")
+    }
+
+
+def as_user(user: pwd.struct_passwd, action: Callable[[], object]) -> tuple[str, int]:
+    """Run ``action`` in a child process as ``user``: (its answer as JSON, 0), or the text and
+    exit code of a control-client error, or (the text, -1) of an OSError."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            try:
+                answer, code = json.dumps(action()), 0
+            except control_client.ClientError as exc:
+                answer, code = str(exc), exc.code
+            except OSError as exc:
+                answer, code = str(exc), -1
+            os.write(write_end, json.dumps([answer, code]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer, code = json.loads(pipe.read())
+    return answer, code

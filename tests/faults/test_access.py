@@ -5,8 +5,9 @@
   directory is 0700 and every message and result file 0600, all owned by that user, and the
   filter runs as that user too. The daemon runs from /usr/bin/python3 with PYTHONPATH, as in
   tests/e2e/test_privileges.py, because the venv's interpreter lives under /root (0700).
-- The control socket refuses other users even when the file system would let them in.
-- Nothing of a message's content reaches the log, at any log level.
+- The control socket refuses other users even when the file system would let them in, with
+  the daemon running as root and as nobody.
+- Nothing of a message's content, and no ESMTP argument, reaches the log, at any log level.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import os
 import pwd
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,16 +24,25 @@ from pathlib import Path
 
 import pytest
 
-from faults.faultkit import MilterClient, answers, message_commands, write_script
+from faults.faultkit import (
+    SYSTEM_PYTHON,
+    MilterClient,
+    answers,
+    as_user,
+    message_commands,
+    proc_ids,
+    unprivileged_daemon,
+    write_script,
+)
 from milter_agent import protocol as p
 from milter_agent.control import client as control_client
 from support.daemon import MilterAgentDaemon
-from support.util import free_port, wait_until
+from support.util import free_port
 
 Agent = Callable[..., MilterAgentDaemon]
-SRC = Path(__file__).resolve().parents[2] / "src"
-SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = pwd.getpwnam("nobody")
+#: A third user, neither root nor the daemon's: an existing system account.
+THIRD = pwd.getpwnam("daemon")
 
 STAT_FILES = """
 import json, os, sys
@@ -59,20 +67,20 @@ def public_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def proc_ids(pid: int) -> dict[str, list[int]]:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return {
-        key: [int(v) for v in line.split()[1:]]
-        for line in status
-        for key in ("Uid", "Gid", "Groups")
-        if line.startswith(key + ":")
-    }
+def nobody_args(directory: Path, conf: Path, port: int) -> list[str]:
+    return [
+        "-c",
+        str(conf),
+        "-p",
+        f"inet:{port}@127.0.0.1",
+        "-i",
+        f"unix:{directory}/cmd",
+        "--spool-dir",
+        str(directory / "spool"),
+    ]
 
 
 def test_unprivileged_daemon_spool_and_filter_files(public_dir: Path) -> None:
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        pytest.fail(f"{SYSTEM_PYTHON} is needed to run the daemon from a path nobody can read")
-    site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
     script = write_script(public_dir / "stat.py", STAT_FILES)
     out = public_dir / "seen.json"
     conf = public_dir / "milter-agent.conf"
@@ -85,32 +93,7 @@ exec_cmd = "{SYSTEM_PYTHON} {script} {out} %f %r %n %h"
     )
     conf.chmod(0o644)
     port = free_port()
-    log = public_dir / "daemon.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [
-                SYSTEM_PYTHON,
-                "-m",
-                "milter_agent",
-                "-d",
-                "1",
-                "-u",
-                "nobody",
-                "-c",
-                str(conf),
-                "-p",
-                f"inet:{port}@127.0.0.1",
-                "-i",
-                f"unix:{public_dir}/cmd",
-                "--spool-dir",
-                str(public_dir / "spool"),
-            ],
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{SRC}:{site}"},
-            stderr=err,
-        )
-    try:
-        wait_until(lambda: "started" in log.read_text() or proc.poll() is not None, 30)
-        assert proc.poll() is None, log.read_text()
+    with unprivileged_daemon(public_dir, nobody_args(public_dir, conf, port)) as proc:
         ids = proc_ids(proc.pid)
         assert ids["Uid"] == [NOBODY.pw_uid] * 4, ids
         assert ids["Gid"] == [NOBODY.pw_gid] * 4, ids
@@ -129,47 +112,29 @@ exec_cmd = "{SYSTEM_PYTHON} {script} {out} %f %r %n %h"
             assert Path(described["path"]).parent == spool
             assert (described["mode"], described["uid"]) == (0o600, NOBODY.pw_uid), described
         assert os.listdir(spool) == []
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
-def as_user(user: pwd.struct_passwd, action: Callable[[], object]) -> tuple[str, int]:
-    """Run ``action`` in a child process as ``user``; (its answer or error text, exit code)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-            try:
-                answer, code = json.dumps(action()), 0
-            except control_client.ClientError as exc:
-                answer, code = str(exc), exc.code
-            except OSError as exc:
-                answer, code = str(exc), -1
-            os.write(write_end, json.dumps([answer, code]).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer, code = json.loads(pipe.read())
-    return answer, code
+def open_to_everyone(control_spec: str) -> None:
+    """Let the file system allow anyone in, so that the peer-credential check is what
+    refuses."""
+    path = control_client.socket_path(control_spec)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    os.chmod(path, 0o666)
+    for directory in (Path(path).parent, *Path(path).parents):
+        directory.chmod(directory.stat().st_mode | 0o001)
+
+
+def assert_refused(control_spec: str, user: pwd.struct_passwd) -> None:
+    """Reading and commands alike: ``permission denied`` (exit 4)."""
+    for words in (("status",), ("disable", "x"), ("reload",)):
+        answer, code = as_user(user, lambda w=words: control_client.ask(control_spec, *w))
+        assert (answer, code) == ("permission denied", control_client.EXIT_DENIED), words
 
 
 def test_control_socket_refuses_other_users(tmp_path: Path, milter_agent: Agent) -> None:
     agent = milter_agent("log_level = 0\n")
-    path = control_client.socket_path(agent.control_spec)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
-    # let the file system allow it, so that the peer-credential check is what refuses
-    os.chmod(path, 0o666)
-    for directory in (Path(path).parent, *Path(path).parents):
-        directory.chmod(directory.stat().st_mode | 0o001)
-    for words in (("status",), ("disable", "x"), ("reload",)):
-        answer, code = as_user(NOBODY, lambda w=words: control_client.ask(agent.control_spec, *w))
-        assert (answer, code) == ("permission denied", control_client.EXIT_DENIED), words
+    open_to_everyone(agent.control_spec)
+    assert_refused(agent.control_spec, NOBODY)
     assert agent.log_text().count("control socket: refused pid") == 3
     assert f"uid {NOBODY.pw_uid}" in agent.log_text()
     served = control_client.ask(agent.control_spec, "filters")  # root is served; nothing changed
@@ -177,29 +142,70 @@ def test_control_socket_refuses_other_users(tmp_path: Path, milter_agent: Agent)
     assert served == []
 
 
-SECRETS = ("BODY-SECRET-7f3a", "HEADER-SECRET-91c2", "RCPT-ARG-SECRET-44d1")
+def test_control_socket_of_an_unprivileged_daemon_refuses_a_third_user(public_dir: Path) -> None:
+    """The daemon as nobody: nobody (its own user) and root are served, the system user
+    ``daemon`` is not."""
+    conf = public_dir / "milter-agent.conf"
+    conf.write_text("log_level = 0\n")
+    conf.chmod(0o644)
+    control = f"unix:{public_dir}/cmd"
+    with unprivileged_daemon(public_dir, nobody_args(public_dir, conf, free_port())):
+        assert os.stat(public_dir / "cmd").st_uid == NOBODY.pw_uid
+        open_to_everyone(control)
+        assert_refused(control, THIRD)
+        answer, code = as_user(NOBODY, lambda: control_client.ask(control, "status"))
+        assert code == 0 and json.loads(answer)["config_generation"] == 1, answer
+        assert control_client.ask(control, "status")["config_generation"] == 1  # root
+        log = (public_dir / "daemon.log").read_text()
+    assert log.count("control socket: refused pid") == 3
+    assert f"uid {THIRD.pw_uid} gid {THIRD.pw_gid}" in log
 
 
-@pytest.mark.parametrize("level", ["0", "9"])
+#: What no log line may carry, at any level: the body, header values, and the ESMTP arguments
+#: of MAIL and RCPT (AUTH= names the authenticated sender, ORCPT the original recipient).
+#: {auth_authen}, the SMTP AUTH login name, is no secret in itself (Postfix logs it as
+#: sasl_username), but milter-agent has no use for it in a log line, so it must not show up
+#: either. A password never reaches a milter: the MTA does the SASL exchange and passes only
+#: the macros {auth_type}, {auth_authen}, {auth_author} and {auth_ssf}.
+SECRETS = {
+    "body": "BODY-SECRET-7f3a",
+    "header": "HEADER-SECRET-91c2",
+    "rcpt-arg": "RCPT-ARG-SECRET-44d1",
+    "mail-arg": "MAIL-ARG-SECRET-0b5e",
+    "auth_authen": "AUTH-USER-SECRET-d20c",
+}
+
+
+def secret_message() -> list[p.Command]:
+    commands = message_commands(
+        headers=[
+            ("X-Token", f" {SECRETS['header']}"),
+            ("Authorization", f" Bearer {SECRETS['header']}"),
+        ],
+        body=f"{SECRETS['body']}\r\n".encode() * 10,
+    )
+    mail_args = (f"AUTH=<{SECRETS['mail-arg']}@example.org>", "SIZE=1234", "BODY=8BITMIME")
+    auth = {"{auth_type}": "PLAIN", "{auth_authen}": SECRETS["auth_authen"]}
+    commands[0:1] = [p.Macro(b"M", auth), p.Mail("<a@example.org>", mail_args)]
+    commands[2] = p.Rcpt("<b@example.net>", (f"ORCPT=rfc822;{SECRETS['rcpt-arg']}",))
+    return commands
+
+
+@pytest.mark.parametrize("level", ["0", "1", "9"])
 def test_message_content_never_reaches_the_log(
     tmp_path: Path, milter_agent: Agent, level: str
 ) -> None:
     script = write_script(tmp_path / "ok.sh", '#!/bin/sh\necho "X-Checked: yes" > "$2"\n')
     agent = milter_agent(
         f'[Filter]\ntask_name = ok\nexec_cmd = "{script} %f %h"\n',
-        extra_args=["-H", "-l", level, *(["-v", "-I"] if level != "0" else [])],
+        extra_args=["-H", "-l", level, *(["-v", "-I"] if level == "9" else [])],
     )
-    commands = message_commands(
-        headers=[("X-Token", f" {SECRETS[1]}"), ("Authorization", f" Bearer {SECRETS[1]}")],
-        body=f"{SECRETS[0]}\r\n".encode() * 10,
-    )
-    commands[1] = p.Rcpt("<b@example.net>", (f"ORCPT=rfc822;{SECRETS[2]}",))
     with MilterClient(agent.socket_spec) as mta:
         mta.handshake()
-        assert mta.message(commands)[-1] == (b"c", b"")
+        assert mta.message(secret_message())[-1] == (b"c", b"")
     answers(agent, lambda got: got[-1] == (b"c", b""))
     time.sleep(0.2)
     log = agent.log_text()
     assert "decision=continue" in log
-    for secret in SECRETS:
-        assert secret not in log, secret
+    for what, secret in SECRETS.items():
+        assert secret not in log, what
