@@ -9,16 +9,16 @@ new :class:`~milter_agent.engine.Engine`; a message keeps the engine it started 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from milter_agent import __version__
-from milter_agent.config.model import Config, FilterSpec
+from milter_agent.config.model import Config, FileStamp, FilterSpec, Settings
 from milter_agent.config.options import CommandLine
 from milter_agent.config.parser import lex
 from milter_agent.config.problems import Problems
@@ -26,6 +26,7 @@ from milter_agent.config.reload import ConfigStore
 from milter_agent.control import notices, stats
 from milter_agent.control.metrics import Snapshot, serve_metrics
 from milter_agent.control.server import ControlServer
+from milter_agent.detach import Readiness, detach, remove_pid_file, write_pid_file
 from milter_agent.engine import Engine
 from milter_agent.errors import ConfigError, SpoolError
 from milter_agent.filters import module as modules
@@ -34,6 +35,7 @@ from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Pipeline, Verdict
 from milter_agent.privileges import (
     Account,
+    check_config_readable,
     check_installation_readable,
     drop_to,
     group_id,
@@ -51,6 +53,7 @@ from milter_agent.spool import Spool
 log = logging.getLogger("milter_agent.daemon")
 
 #: Settings bound at start-up; a reload that changes them takes effect at the next restart.
+#: Every other setting applies from the reload on (see _apply_live and docs/configuration.md).
 _RESTART_ONLY = (
     "socket",
     "control_socket",
@@ -61,6 +64,9 @@ _RESTART_ONLY = (
     "log_target",
     "log_level",
     "verbose",
+    "pid_file",
+    "metrics",
+    "admin_group",
 )
 
 
@@ -79,6 +85,9 @@ class Daemon:
         self.counters = stats.MessageCounters()
         self.stats_since = self.started
         self._connections_before_reset = 0
+        self._started_with = settings  # what the restart-only settings are in force with
+        self._reloading: asyncio.Task[None] | None = None
+        self.readiness: Readiness | None = None  # -d 0: tells the starting process we are up
         # logging is set up once, at start: these are the values in force, whatever a later
         # reload says (ma-client 1 reports these)
         self.log_target = effective_log_target(command_line, self.store.current)
@@ -99,19 +108,48 @@ class Daemon:
         modules.HOST.configure(config.filters)  # unload modules whose filter left or changed
         return Engine(config, self.registry, self.spool)
 
-    def reload(self, always: bool) -> None:
-        old = self.store.current
-        changed = self.store.reload() if always else self.store.maybe_reload(time.monotonic())
-        if changed:
-            new = self.store.current
-            for key in _RESTART_ONLY:
-                if getattr(new.settings, key) != getattr(old.settings, key):
-                    log.warning("setting %s changed; it takes effect at the next restart", key)
-            self.engine = self._build(new)
+    def reload_soon(self, always: bool) -> None:
+        """Start a reload in the background: ``always`` (SIGUSR1, SIGHUP), or with -F when the
+        file changed and no reload is reading it already."""
+        stamp = None
+        if not always:
+            if self._reloading is not None and not self._reloading.done():
+                return
+            stamp = self.store.poll(time.monotonic())
+            if stamp is None:
+                return
+        self._reloading = asyncio.ensure_future(self.reload(stamp))
+
+    async def reload(self, stamp: FileStamp | None = None) -> None:
+        """Read the file in a worker thread (with -a it may wait there for a writer's lock: the
+        event loop keeps serving) and, if it is valid, put it in force."""
+        try:
+            if await self.store.reload_in_thread(stamp):
+                self._installed()
+        except Exception:
+            # a background task: nobody else would see it, and the old engine keeps working
+            log.exception("reload of %s failed", self.store.path)
+
+    def _installed(self) -> None:
+        """The store holds a new configuration: the messages that start from now on use it."""
+        settings = self.store.current.settings
+        for key in _RESTART_ONLY:
+            if getattr(settings, key) != getattr(self._started_with, key):
+                log.warning("setting %s changed; it takes effect at the next restart", key)
+        self._apply_live(settings)
+        self.engine = self._build(self.store.current)
+
+    def _apply_live(self, settings: Settings) -> None:
+        """Settings read outside the engine: the MTA socket's I/O timeout at once; the answer
+        on failure, the progress interval and -I for connections from now on."""
+        if self.server is not None:
+            self.server.io_timeout = settings.io_timeout
+            self.server.services = self.services()
 
     def pipeline(self) -> Pipeline:
-        """The pipeline for a message starting now (the seed checks the file at each message)."""
-        self.reload(False)
+        """The pipeline for a message starting now. As the seed does, a message arriving is a
+        reason to look at the file (-F); a change applies to the messages after it is read."""
+        self.reload_soon(False)
         return self.engine
 
     def policy(self) -> Policy:
@@ -204,7 +242,13 @@ class Daemon:
         )
 
     def _control_reload(self, _args: list[str]) -> dict[str, object]:
-        self.reload(True)
+        installed = self.store.reload_unless_locked()  # never wait for a lock on the loop
+        if installed is None:
+            self.reload_soon(True)  # a worker thread waits for the writer instead
+            reason = "locked by another process: it is read as soon as the lock is released"
+            return {"reloaded": False, "error": f"{self.store.path}: {reason}"}
+        if installed:
+            self._installed()
         error = self.store.last_error
         return {"reloaded": error is None, "error": str(error) if error else None}
 
@@ -260,14 +304,15 @@ class Daemon:
                 needed = needed_paths()
                 drop_to(self.account)
                 check_installation_readable(self.account, needed)
-            await self._run_until_stopped(settings.watch_config)
+                check_config_readable(self.account, self.store.path)
+            await self._run_until_stopped()
         finally:
             if control is not None:
                 await control.stop()
             await self.server.stop()
             await modules.HOST.close()  # teardown, stop module workers
 
-    async def _run_until_stopped(self, watch: bool) -> None:
+    async def _run_until_stopped(self) -> None:
         become_subreaper()
         reaper = OrphanReaper()
         reaper.start()
@@ -276,8 +321,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         for sig in (signal.SIGUSR1, signal.SIGHUP):
-            loop.add_signal_handler(sig, self.reload, True)
-        watcher = asyncio.ensure_future(self._watch()) if watch else None
+            loop.add_signal_handler(sig, self.reload_soon, True)
+        watcher = asyncio.ensure_future(self._watch())
         noticer = asyncio.ensure_future(
             notices.watch(
                 notices.NoticeWatcher(self.store, lambda: self.registry),
@@ -285,18 +330,20 @@ class Daemon:
             )
         )
         log.info("milter-agent %s started (pid %d, uid %d)", __version__, os.getpid(), os.getuid())
+        if self.readiness is not None:
+            self.readiness.ready()  # after the signal handlers: a SIGHUP now reloads, not kills
         await stop.wait()
         log.info("stopping: no new connections")
-        if watcher is not None:
-            watcher.cancel()
+        watcher.cancel()
         noticer.cancel()
         reaper.stop()
 
     async def _watch(self) -> None:
-        """-F: look at the file once a second even when no mail arrives."""
+        """-F: look at the file once a second even when no mail arrives. Always running, so a
+        reload that turns watch_config on takes effect at once (off: ``poll`` does nothing)."""
         while True:
             await asyncio.sleep(1.0)
-            self.reload(False)
+            self.reload_soon(False)
 
 
 def log_steps(message: Message, decision: Decision) -> None:
@@ -336,19 +383,15 @@ def _file_sets(path: str, key: str) -> bool:
     return any(e.key == key for raw in sections if raw.kind == "global" for e in raw.entries)
 
 
-def daemonize(pid_file: str | None) -> None:
-    """Detach from the terminal (-d 0): double fork, new session, stdio to /dev/null."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os.chdir("/")
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    if pid_file:
-        Path(pid_file).write_text(f"{os.getpid()}\n")
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (MILTER_AGENT_LOOP=asyncio opts out)."""
+    if os.environ.get("MILTER_AGENT_LOOP") == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def run(command_line: CommandLine) -> int:
@@ -363,17 +406,20 @@ def run(command_line: CommandLine) -> int:
     settings = daemon.store.current.settings
     setup_logging(daemon.log_target, settings.log_level, settings.verbose)
     if not settings.foreground:
-        daemonize(settings.pid_file)
-    elif settings.pid_file:
-        Path(settings.pid_file).write_text(f"{os.getpid()}\n")
+        daemon.readiness = detach()  # the starting process exits once we say how start went
+    pid_file = settings.pid_path
     try:
-        asyncio.run(daemon.serve())
+        if pid_file:
+            write_pid_file(pid_file, daemon.account.owner if daemon.account else None)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(daemon.serve())
     except (ConfigError, SpoolError, OSError) as exc:
         log.critical("cannot start: %s", exc)
+        if daemon.readiness is not None:
+            daemon.readiness.failed(f"cannot start: {exc}")
         return 1
     finally:
-        if settings.pid_file:
-            with contextlib.suppress(OSError):
-                os.unlink(settings.pid_file)
+        if pid_file:
+            remove_pid_file(pid_file)
     log.info("stopped")
     return 0

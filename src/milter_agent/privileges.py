@@ -75,6 +75,22 @@ def check_installation_readable(account: Account, needed: list[tuple[str, int]])
         )
 
 
+def check_config_readable(account: Account, path: str) -> None:
+    """After the drop: every reload reads the configuration as this user, so a file only root
+    can read would refuse every edit later; say so now, at start."""
+    if os.access(path, os.R_OK):
+        return
+    try:
+        group = grp.getgrgid(account.gid).gr_name
+    except KeyError:
+        group = str(account.gid)
+    raise ConfigError(
+        f"user {account.name} cannot read the configuration file {path}, so no reload could "
+        f"read it: make it readable for that user (e.g. chgrp {group} {path} && chmod 640 "
+        f"{path}, and let the user into its directories)"
+    )
+
+
 def group_id(name: str | None) -> int | None:
     if name is None:
         return None

@@ -98,7 +98,12 @@ _SETTING_ROWS = (
     _switch("allow_change_header", "G", "--allow-change-header", "allow changing headers"),
     _switch("allow_change_body", "B", "--allow-change-body", "allow replacing the message body"),
     _switch("lock_config", "a", "--lock-config", "take a shared lock on the config while reading"),
-    _switch("close_fds", "C", "--close-fds", "close inherited file descriptors in filters"),
+    _switch(
+        "close_fds",
+        "C",
+        "--close-fds",
+        "accepted for compatibility: filters never inherit the daemon's descriptors anyway",
+    ),
     _switch(
         "stop_on_error", "E", "--stop-on-error", "a filter error tempfails the message (no skip)"
     ),

@@ -93,6 +93,14 @@ class Settings:
         return self.daemon_mode > 0
 
     @property
+    def pid_path(self) -> str | None:
+        """The pid file: ``pid_file``, or with ``-d 0`` one next to the sockets in the spool
+        directory (per instance, so two daemons with their own spool never share one)."""
+        if self.pid_file is not None or self.foreground:
+            return self.pid_file
+        return f"{self.spool_dir.rstrip('/')}/milter-agent.pid"
+
+    @property
     def forward_missing(self) -> str:
         """The switches a forward lacks, e.g. ``-A`` or ``-AR`` ("" when it may run): a forward
         removes and adds recipients, and doing only half of it would lose or duplicate mail."""

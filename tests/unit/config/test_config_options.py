@@ -242,3 +242,19 @@ def test_a_relative_config_path_is_made_absolute(
     monkeypatch.chdir(tmp_path)
     assert parse_command_line(["-c", "x.conf"]).config_path == str(tmp_path / "x.conf")
     assert parse_command_line(["-c", "./etc/../y.conf"]).config_path == str(tmp_path / "y.conf")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "/var/spool/milter-agent/milter-agent.pid"),
+        (["--spool-dir", "/srv/ma/"], "/srv/ma/milter-agent.pid"),
+        (["--pid-file", "/run/ma.pid"], "/run/ma.pid"),
+        (["-d", "1"], None),  # in the foreground only when asked for
+        (["-d", "1", "--pid-file", "/run/ma.pid"], "/run/ma.pid"),
+    ],
+)
+def test_the_pid_file_defaults_to_the_spool_directory_with_d_0(
+    argv: list[str], expected: str | None
+) -> None:
+    assert parse_command_line(argv).settings.pid_path == expected
