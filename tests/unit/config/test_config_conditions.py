@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cronsim import CronSim
@@ -256,6 +260,21 @@ def test_normalize_address() -> None:
 MONDAY_0900 = datetime(2024, 3, 4, 9, 0)
 
 
+def test_cronsim_api_we_use() -> None:
+    """CronExpression.matches reads CronSim's parsed fields (minutes, hours, months) and calls
+    match_day, which are not promised as public: this fails first if an update changes them
+    (pyproject pins cronsim below 3 for the same reason)."""
+    sim = CronSim("*/15 8-9 1,15 jan,jun mon", datetime(2000, 1, 1))
+    assert sim.minutes == {0, 15, 30, 45}
+    assert sim.hours == {8, 9}
+    assert sim.months == {1, 6}
+    assert sim.match_day(datetime(2026, 1, 15).date())  # the 15th (either day field will do)
+    assert sim.match_day(datetime(2026, 1, 5).date())  # a Monday
+    assert not sim.match_day(datetime(2026, 1, 6).date())
+    both = CronSim("0 0 * * *", datetime(2000, 1, 1))
+    assert both.match_day(datetime(2026, 2, 28).date())
+
+
 @pytest.mark.parametrize(
     ("expression", "when", "expected"),
     [
@@ -288,6 +307,53 @@ def test_cron_converts_aware_times_to_local_time() -> None:
     local = MONDAY_0900.astimezone()  # the same instant, aware, in the local zone
     as_utc = local.astimezone(UTC)
     assert CronExpression("0 9 * * mon").matches(as_utc)
+
+
+@pytest.fixture
+def local_zone() -> Iterator[Callable[[str], None]]:
+    """Set the process's local time zone (TZ + tzset) for one test, and restore it after."""
+    before = os.environ.get("TZ")
+
+    def use(zone: str) -> None:
+        if not Path("/usr/share/zoneinfo", zone).exists():
+            pytest.fail(f"time zone data for {zone} is needed (Debian: tzdata)")
+        os.environ["TZ"] = zone
+        time.tzset()
+
+    yield use
+    if before is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("zone", "instant", "local_expression", "utc_expression"),
+    [
+        # 00:00 UTC on a Monday is 09:00 in Tokyo (UTC+9, no summer time)
+        ("Asia/Tokyo", datetime(2026, 1, 5, 0, 0, tzinfo=UTC), "0 9 * * mon", "0 0 * * mon"),
+        # 23:30 UTC on a Sunday is already Monday 08:30 in Tokyo: the day changes too
+        ("Asia/Tokyo", datetime(2026, 1, 4, 23, 30, tzinfo=UTC), "30 8 * * mon", "30 23 * * sun"),
+        # New York in summer time (UTC-4) and in winter (UTC-5)
+        ("America/New_York", datetime(2026, 7, 6, 13, 0, tzinfo=UTC), "0 9 * * mon", "0 13 * * *"),
+        ("America/New_York", datetime(2026, 1, 5, 14, 0, tzinfo=UTC), "0 9 * * mon", "0 14 * * *"),
+    ],
+)
+def test_cron_is_evaluated_in_the_local_time_zone(
+    local_zone: Callable[[str], None],
+    zone: str,
+    instant: datetime,
+    local_expression: str,
+    utc_expression: str,
+) -> None:
+    local_zone(zone)
+    assert CronExpression(local_expression).matches(instant)
+    assert not CronExpression(utc_expression).matches(instant)
+    # the engine's clock (datetime.now) gives naive local time: the same wall clock reading
+    naive_local = datetime.fromtimestamp(instant.timestamp())
+    assert CronExpression(local_expression).matches(naive_local)
+    assert not CronExpression(utc_expression).matches(naive_local)
 
 
 @pytest.mark.parametrize(
