@@ -86,7 +86,7 @@ class Daemon:
         self.stats_since = self.started
         self._connections_before_reset = 0
         self._started_with = settings  # what the restart-only settings are in force with
-        self._reloading: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[None]] = set()  # running; the loop keeps weak refs only
         self.readiness: Readiness | None = None  # -d 0: tells the starting process we are up
         # logging is set up once, at start: these are the values in force, whatever a later
         # reload says (ma-client 1 reports these)
@@ -113,12 +113,14 @@ class Daemon:
         file changed and no reload is reading it already."""
         stamp = None
         if not always:
-            if self._reloading is not None and not self._reloading.done():
+            if self._reloads:
                 return
             stamp = self.store.poll(time.monotonic())
             if stamp is None:
                 return
-        self._reloading = asyncio.ensure_future(self.reload(stamp))
+        task = asyncio.ensure_future(self.reload(stamp))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def reload(self, stamp: FileStamp | None = None) -> None:
         """Read the file in a worker thread (with -a it may wait there for a writer's lock: the
