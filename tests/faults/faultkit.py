@@ -180,6 +180,20 @@ def children(pid: int) -> list[Proc]:
     return found
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Set the peak resident size (VmHWM) of ``pid`` back to its current size, so that a peak
+    measured afterwards is this test's, not the start-up's or an earlier test's."""
+    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
+
+
+def peak_rss_kb(pid: int) -> int:
+    """The peak resident size (VmHWM) of ``pid`` in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1])
+
+
 def zombies(pid: int) -> list[Proc]:
     return [c for c in children(pid) if c.state == "Z"]
 

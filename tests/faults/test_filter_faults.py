@@ -15,7 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from faults.faultkit import Packet, baseline, children, filters, settle, status, write_script
+from faults.faultkit import (
+    Packet,
+    baseline,
+    children,
+    filters,
+    peak_rss_kb,
+    reset_peak_rss,
+    settle,
+    status,
+    write_script,
+)
 from milter_agent import procs
 from support.daemon import MilterAgentDaemon
 from support.postfix import PostfixInstance
@@ -86,6 +96,10 @@ def kill_when_started(pid_file: Path) -> None:
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
+#: How far the daemon's peak memory may rise during one faulty message: the 64 KiB it keeps of
+#: a program's output and allocator noise, far from the 100 MB of the flood.
+PEAK_SLACK_KB = 8 * 1024
+
 #: fault -> (SMTP code, X-Checked headers of the delivered message or None, most seconds)
 FAULTS = {
     "sigkill": (451, None, 5),
@@ -112,10 +126,14 @@ def test_filter_fault_ends_in_a_definite_answer(
     if fault == "sigkill":
         killer = threading.Thread(target=kill_when_started, args=(tmp_path / "pid",))
         killer.start()
+    reset_peak_rss(agent.pid)
+    rss_before = agent.rss_kb()
     started = time.monotonic()
     # nostdin: a message far bigger than a pipe buffer, on a stdin the filter never reads
     result = send(postfix, fault, body_size=4_000_000 if fault == "nostdin" else 1024)
     took = time.monotonic() - started
+    # flood: 100 MB went through the daemon's pipe, never into its memory, not even briefly
+    assert peak_rss_kb(agent.pid) - rss_before < PEAK_SLACK_KB
     if killer is not None:
         killer.join(10)
     code, headers, most = FAULTS[fault]
@@ -183,6 +201,23 @@ def test_left_running_program_writing_late_leaves_no_spool_file(
     settle(agent, base)
     postfix.wait_drained()
     assert {str(m.headers["Subject"]) for m in sink.messages} == {"normal 0", "normal 1"}
+
+
+def test_a_flood_of_output_keeps_exactly_the_limit_and_costs_no_memory() -> None:
+    """What run_program keeps of 100 MB on stdout and 100 MB on stderr: exactly the first 64 KiB
+    of each; the rest is read and dropped as it comes, so this process's peak memory hardly
+    moves."""
+    flood = "head -c 100000000 /dev/zero; head -c 100000000 /dev/zero | tr '\\0' e >&2"
+    reset_peak_rss(os.getpid())
+    rss_before = peak_rss_kb(os.getpid())
+    result = asyncio.run(
+        procs.run_program(["/bin/sh", "-c", flood], env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    )
+    assert result.returncode == 0
+    assert procs.OUTPUT_LIMIT == 64 * 1024
+    assert result.stdout == b"\0" * procs.OUTPUT_LIMIT
+    assert result.stderr == b"e" * procs.OUTPUT_LIMIT
+    assert peak_rss_kb(os.getpid()) - rss_before < PEAK_SLACK_KB
 
 
 # --- run_program when nobody waits for it any more -------------------------------------------
