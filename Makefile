@@ -58,11 +58,12 @@ bench: $(STAMP) system-deps
 bench-micro: $(STAMP)
 	$(PY) bench/micro.py $(if $(UPDATE_DOCS),--update-docs)
 
-## soak: 100,000 messages through Postfix with injected faults, then a long fuzz run (not CI)
+## soak: 100,000 messages through Postfix with injected faults, then a long fuzz run of the
+## session and the codec, 10,000 examples per property (not CI)
 soak: $(STAMP) system-deps
 	$(PY) tests/soak/soak.py --messages $(or $(SOAK_MESSAGES),100000) --progress 10000
 	MA_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),10000) $(PY) -m pytest -q -p no:cacheprovider \
-		--timeout=0 tests/faults/test_fuzz_session.py
+		--timeout=0 tests/faults/test_fuzz_session.py tests/unit/protocol/test_protocol_properties.py
 
 ## man: regenerate man/ from the Markdown docs (a test checks they are in step)
 man: $(STAMP)

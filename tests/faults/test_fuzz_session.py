@@ -8,8 +8,9 @@ Properties: nothing but ``ProtocolError`` ever escapes; every response the sessi
 allowed by the protocol (``conn.send`` checks and encodes it); every end of message gets exactly
 one final reply; no spool file survives the connection.
 
-Examples are kept modest for ``make test``; ``MA_FUZZ_EXAMPLES=20000`` (``make soak``) runs
-the same properties much longer.
+Examples are kept modest for ``make test`` (120 per property); ``MA_FUZZ_EXAMPLES=N`` runs N,
+and ``make soak`` runs 10,000 per property here and in the codec properties
+(``FUZZ_EXAMPLES=N`` changes that).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 
@@ -52,7 +53,17 @@ from milter_agent.protocol import (
 )
 from milter_agent.protocol.framing import FrameBuffer
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+def examples(default: int) -> int:
+    """Examples per property: ``default`` in ``make test``; MA_FUZZ_EXAMPLES (``make soak``)
+    sets every property here to that number, as it does for the session fuzzing in
+    tests/faults/test_fuzz_session.py."""
+    return int(os.environ.get("MA_FUZZ_EXAMPLES", default))
+
+
+FAST = settings(
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 nul_free = st.binary(max_size=40).map(lambda b: b.replace(b"\0", b""))
 field = nul_free.map(decode_text)  # what the decoder can produce for a string field
@@ -104,7 +115,7 @@ def test_text_round_trip_any_str(text: str) -> None:
     assert decode_text(encode_text(text)) == text
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(commands)
 def test_command_round_trip(command: Command) -> None:
     assert decode_wire(encode_command(command)) == command
@@ -137,7 +148,7 @@ bodies = st.tuples(st.binary(min_size=1, max_size=64), st.integers(0, 200_000)).
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(bodies)
 def test_any_body_round_trips(body: bytes) -> None:
     assert decode_wire(encode_command(Body(body))) == Body(body)
@@ -184,13 +195,13 @@ def assert_valid_reply(reply: ReplyCode) -> None:
             assert line.startswith(f"{reply.code}{sep}{reply.enhanced} ")
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(reply_codes())
 def test_reply_text_is_always_valid(reply: ReplyCode) -> None:
     assert_valid_reply(reply)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(reply_codes())
 def test_reply_text_keeps_the_callers_words(reply: ReplyCode) -> None:
     # Short lines of plain text come out whole (after Postfix-style %% unescaping).
@@ -261,13 +272,13 @@ def events_until_error(data: bytes, sizes: list[int]) -> tuple[list[Command], bo
 chunk_sizes = st.lists(st.integers(1, 300), max_size=20)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.binary(max_size=600), sizes=chunk_sizes)
 def test_random_bytes_only_ever_raise_protocol_error(data: bytes, sizes: list[int]) -> None:
     events_until_error(data, sizes)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.binary(max_size=600), sizes=chunk_sizes)
 def test_random_bytes_after_a_valid_optneg(data: bytes, sizes: list[int]) -> None:
     events, _ = events_until_error(OPTNEG_WIRE + data, sizes)
@@ -281,7 +292,7 @@ for _cmd, _payload in packets(SMALL_SESSION):
     EDGES.add(max(EDGES) + 5 + len(_payload))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(cut=st.integers(0, len(SMALL_SESSION)), sizes=chunk_sizes)
 def test_truncated_session_gives_a_prefix_of_the_events(cut: int, sizes: list[int]) -> None:
     events, error = events_until_error(SMALL_SESSION[:cut], sizes)
@@ -312,7 +323,7 @@ def mutate(data: bytes, steps: list[tuple[str, int, int | bytes]]) -> bytes:
     return bytes(buf)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(steps=st.lists(mutation, min_size=1, max_size=4), sizes=chunk_sizes)
 def test_mutated_session_only_ever_raises_protocol_error(
     steps: list[tuple[str, int, int | bytes]], sizes: list[int]
