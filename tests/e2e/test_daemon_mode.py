@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from milter_agent.control import client as control_client
-from support.util import free_port
+from support.util import free_port, pid_alive
 
 
 def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -59,7 +59,7 @@ def test_detached_daemon_with_pid_file(tmp_path: Path) -> None:
         assert os.getsid(pid) not in (os.getsid(0), pid)
     finally:
         os.kill(pid, signal.SIGTERM)  # stop it whatever happened: it is not our child
-    wait_for(lambda: not Path(f"/proc/{pid}").exists())
+    wait_for(lambda: not pid_alive(pid))  # a zombie counts as gone: its parent may not reap
     wait_for(lambda: not pid_file.exists())
 
 
@@ -91,7 +91,7 @@ def detached(
 
 def stop(pid: int, pid_file: Path) -> None:
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists())
+    wait_for(lambda: not pid_alive(pid))  # a zombie counts as gone: its parent may not reap
     wait_for(lambda: not pid_file.exists())
 
 
