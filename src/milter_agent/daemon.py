@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from milter_agent import __version__
@@ -385,14 +385,11 @@ def _file_sets(path: str, key: str) -> bool:
     return any(e.key == key for raw in sections if raw.kind == "global" for e in raw.entries)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (MILTER_AGENT_LOOP=asyncio opts out)."""
-    if os.environ.get("MILTER_AGENT_LOOP") == "asyncio":
+def _loop_factory() -> Any:
+    if os.environ.get("MILTER_AGENT_LOOP") != "uvloop":
         return None
-    try:
-        import uvloop  # noqa: PLC0415 - optional
-    except ImportError:
-        return None
+    import uvloop  # noqa: PLC0415
+
     return uvloop.new_event_loop
 
 
