@@ -68,16 +68,21 @@ def read_only(paths: list[str]) -> list[str]:
     ]
 
 
-def sandbox_script(settings: dict[str, str], outside: Path) -> str:
+def sandbox_script(settings: dict[str, str], outside: Path, python_path: list[Path]) -> str:
     """The shell commands that set up the unit's restrictions, then exec the daemon."""
     assert settings["ProtectSystem"] == "full" and settings["ProtectHome"] == "read-only"
     assert settings["PrivateTmp"] == "yes"
     spool = settings["ReadWritePaths"]
+    # The test's files and the code to run may lie under /tmp (a checkout there), which the
+    # private /tmp hides: they are bound into the fresh /var/spool first.
+    code = [f"/var/spool/python/{i}" for i in range(len(python_path))]
     steps = [
         "set -eu",
         "mount -t tmpfs -o mode=0755 tmpfs /var/spool",  # a fresh spool tree, as on a new host
-        f"mkdir -p {spool} {INSIDE}",
-        f"mount --bind {outside} {INSIDE}",  # the test's config and scripts, before /tmp goes
+        f"mkdir -p {spool} {INSIDE} {' '.join(code)}",
+        f"mount --bind {outside} {INSIDE}",
+        *(f"mount --bind {path} {inside}" for path, inside in zip(python_path, code, strict=True)),
+        f"export PYTHONPATH={':'.join(code)}",
         "mount -t tmpfs tmpfs /tmp",
         "mount -t tmpfs tmpfs /var/tmp",
         *read_only(["/usr", "/boot", "/efi", "/etc"]),
@@ -118,8 +123,8 @@ def outside() -> Iterator[Path]:
 def run_under_unit(unit_text: str, outside: Path) -> dict[str, str]:
     """Start the daemon in the sandbox, send one message, return the headers the filter set."""
     site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": f"{ROOT / 'src'}:{site}"}
-    script = sandbox_script(unit_settings(unit_text), outside)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    script = sandbox_script(unit_settings(unit_text), outside, [ROOT / "src", site])
     log = outside / "daemon.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
