@@ -53,6 +53,25 @@ class Engine:
         self.now = now
         self.wants_content = bool(config.filters)
 
+    def decide_now(self, message: Message) -> Decision | None:
+        """The decision without waiting, when no message filter is configured (address rules
+        only, or nothing at all): the server then answers within its read callback. None
+        otherwise: then :meth:`run` decides."""
+        if self.wants_content:
+            return None
+        decision = Decision()
+        if not self.config.sections:
+            return decision
+        work = MessageWork(message, self.spool, self.settings)
+        try:
+            for rule in self.config.sections:
+                assert isinstance(rule, AddressRule)  # no filters: only rules
+                self._address(rule, work, decision)
+            decision.changes = work.net_changes()
+        finally:
+            work.cleanup(keep_body=False)
+        return decision
+
     async def run(self, message: Message) -> Decision:
         work = MessageWork(message, self.spool, self.settings)
         decision = Decision()

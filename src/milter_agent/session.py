@@ -1,9 +1,12 @@
 """One MTA connection: protocol commands -> message lifecycle -> pipeline -> responses.
 
-The session does no I/O on sockets: :meth:`Session.handle` is an async generator that yields
-the responses to send for one command (PROGRESS keep-alives included, while the pipeline works).
-It guarantees that every message ends in a definite answer: a pipeline failure becomes the
-configured default action, a spool failure a tempfail, and the spool file is always removed.
+The session does no I/O on sockets. Every command but end-of-message is answered at once by
+:meth:`Session.respond`. At end of message, :meth:`Session.end_of_message` decides at once when
+the pipeline can (no message filter to wait for); otherwise :meth:`Session.decide` runs it, and
+:meth:`Session.waiting` yields PROGRESS keep-alives meanwhile. :meth:`Session.handle` wraps all
+of it in one async generator. Every message ends in a definite answer: a pipeline failure, or
+changes that cannot be sent, become the configured default action, a spool failure a tempfail,
+and the spool file is always removed.
 """
 
 from __future__ import annotations
@@ -13,18 +16,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from milter_agent import protocol as p
 from milter_agent.errors import SpoolError
 from milter_agent.message import Client, Message
 from milter_agent.pipeline import Changes, Decision, Pipeline, Reply, StepResult, Verdict
+from milter_agent.protocol.constants import MAX_SEND_DATA
 from milter_agent.spool import Spool, SpoolFile
 
 log = logging.getLogger("milter_agent.session")
 
 #: Macro stages in protocol order; a command of one stage drops the macros of the later ones.
 STAGES = b"CHMRTLNBE"
-_BODY_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,71 +57,135 @@ class Session:
         self.message: Message | None = None
         self._pipeline: Pipeline | None = None
         self._spool_file: SpoolFile | None = None
+        self._decision: Decision | None = None
+        self._actions: list[p.Response] = []
         self._started = 0.0
         self._connected = 0.0  # the first message of a connection is timed from CONNECT
+        self._macro_stage = -1  # the latest stage (index in STAGES) we hold macros of
+        self._handlers: dict[type, Callable[[Any], p.Response | None]] = {
+            p.OptNeg: self._optneg,
+            p.Macro: self.macro,
+            p.Connect: self._connect,
+            p.Helo: self._helo,
+            p.Mail: self._mail,
+            p.Rcpt: self._rcpt,
+            p.Data: self._data,
+            p.Header: self._header_event,
+            p.EndOfHeaders: self._eoh,
+            p.Body: self._body_event,
+            p.Abort: self._abort,
+            p.Quit: self._quit,
+            p.QuitNoClose: self._quit,
+            p.Unknown: self._unknown,
+        }
 
     # --- dispatch -----------------------------------------------------------------------------
 
     async def handle(self, event: p.Command) -> AsyncIterator[p.Response]:
-        """Yield the responses for one command, in order."""
-        if isinstance(event, p.EndOfMessage):
-            async for response in self._end_of_message(event.chunk):
-                yield response
+        """Yield the responses for one command, in order (for callers without their own loop:
+        the offline test, the fuzzer; the server drives the parts below itself)."""
+        if not isinstance(event, p.EndOfMessage):
+            reply = self.respond(event)
+            if reply is not None:
+                yield reply
             return
-        reply = self._handle_simple(event)
-        if reply is not None and self.conn.awaiting_reply:
-            yield reply
+        try:
+            now = self.end_of_message(event.chunk)
+            if isinstance(now, p.Response):
+                yield now
+                return
+            if now is None:
+                task = asyncio.ensure_future(self.decide())
+                try:
+                    async for progress in self.waiting(task):
+                        yield progress
+                finally:
+                    task.cancel()
+                now = task.result()
+            for response in self.responses(now):
+                yield response
+        finally:
+            self.finish_message()
 
-    def _handle_simple(self, event: p.Command) -> p.Response | None:
-        match event:
-            case p.OptNeg():
-                return p.negotiate(event, self.services.policy())
-            case p.Macro(stage, macros):
-                self.macros[stage] = macros
-                return None
-            case p.Connect(hostname, family, port, address):
-                self._enter_stage(b"C")
-                self._connected = time.monotonic()
-                self.client = Client(hostname, address, port, family)
-            case p.Helo(name):
-                self._enter_stage(b"H")
-                self._end_message("helo")
-                self.client.helo = name
-            case p.Mail(sender, args):
-                self._enter_stage(b"M")
-                self._start_message(sender, args)
-            case p.Rcpt(recipient, args):
-                self._enter_stage(b"R")
-                assert self.message is not None  # the connection enforces MAIL first
-                self.message.recipients.append(recipient)
-                self.message.recipient_args.append(args)
-            case p.Data():
-                self._enter_stage(b"T")
-                return self._content(self._open_spool)
-            case p.Header(name, value):
-                self._enter_stage(b"L")
-                return self._content(lambda: self._header(name, value))
-            case p.EndOfHeaders():
-                self._enter_stage(b"N")
-                return self._content(lambda: self._write(b"\r\n"))
-            case p.Body(chunk):
-                self._enter_stage(b"B")
-                return self._content(lambda: self._body(chunk))
-            case p.Abort():
-                self._end_message("aborted")
-                return None
-            case p.Quit() | p.QuitNoClose():
-                self.close()
-                self.macros.clear()
-                return None
-            case p.Unknown():
-                pass
-        return p.Continue()
+    def respond(self, event: p.Command) -> p.Response | None:
+        """The answer to any command but end-of-message (None if it gets none)."""
+        reply = self._handlers[type(event)](event)
+        return reply if reply is not None and self.conn.awaiting_reply else None
 
-    def _enter_stage(self, stage: bytes) -> None:
-        later = STAGES[STAGES.index(stage) + 1 :]
-        for letter in later:
-            self.macros.pop(bytes((letter,)), None)
+    # One small handler per command, found by type: this runs for every packet.
+
+    def _optneg(self, event: p.OptNeg) -> p.Response:
+        return p.negotiate(event, self.services.policy())
+
+    def macro(self, event: p.Macro) -> None:
+        self.macros[event.stage] = event.macros
+        self._macro_stage = max(self._macro_stage, STAGES.find(event.stage))
+
+    def _connect(self, event: p.Connect) -> p.Response:
+        self._enter_stage(0)
+        self._connected = time.monotonic()
+        self.client = Client(event.hostname, event.address, event.port, event.family)
+        return _CONTINUE
+
+    def _helo(self, event: p.Helo) -> p.Response:
+        self._enter_stage(1)
+        self._end_message("helo")
+        self.client.helo = event.name
+        return _CONTINUE
+
+    def _mail(self, event: p.Mail) -> p.Response:
+        self._enter_stage(2)
+        self._start_message(event.sender, event.args)
+        return _CONTINUE
+
+    def _rcpt(self, event: p.Rcpt) -> p.Response:
+        self._enter_stage(3)
+        assert self.message is not None  # the connection enforces MAIL first
+        self.message.recipients.append(event.recipient)
+        self.message.recipient_args.append(event.args)
+        return _CONTINUE
+
+    def _data(self, event: p.Data) -> p.Response:
+        self._enter_stage(4)
+        return self._content(self._open_spool)
+
+    def _header_event(self, event: p.Header) -> p.Response:
+        self._enter_stage(5)
+        try:
+            self._header(event.name, event.value)
+        except SpoolError as exc:
+            return self._spool_failed(exc)
+        return _CONTINUE
+
+    def _eoh(self, event: p.EndOfHeaders) -> p.Response:
+        self._enter_stage(6)
+        return self._content(lambda: self._write(b"\r\n"))
+
+    def _body_event(self, event: p.Body) -> p.Response:
+        self._enter_stage(7)
+        try:
+            self._body(event.chunk)
+        except SpoolError as exc:
+            return self._spool_failed(exc)
+        return _CONTINUE
+
+    def _abort(self, event: p.Abort) -> None:
+        self._end_message("aborted")
+
+    def _quit(self, event: p.Quit | p.QuitNoClose) -> None:
+        self.close()
+        self.macros.clear()
+
+    def _unknown(self, event: p.Unknown) -> p.Response:
+        return _CONTINUE
+
+    def _enter_stage(self, index: int) -> None:
+        """A command of stage ``index`` (in STAGES) drops the macros of the later stages,
+        which belong to an earlier message; stages mostly come in order, so this is rare."""
+        if self._macro_stage > index:
+            for letter in STAGES[index + 1 :]:
+                self.macros.pop(bytes((letter,)), None)
+        self._macro_stage = index
 
     # --- message lifecycle -----------------------------------------------------------------------
 
@@ -145,13 +214,16 @@ class Session:
         try:
             step()
         except SpoolError as exc:
-            log.error("%s: %s; message tempfailed", self.name, exc)
-            message = self.message
-            self._end_message("spool error")
-            if message is not None:
-                self._report(message, Decision(Verdict.TEMPFAIL, steps=[_SPOOL_FAILED]))
-            return p.Tempfail()
-        return p.Continue()
+            return self._spool_failed(exc)
+        return _CONTINUE
+
+    def _spool_failed(self, exc: SpoolError) -> p.Response:
+        log.error("%s: %s; message tempfailed", self.name, exc)
+        message = self.message
+        self._end_message("spool error")
+        if message is not None:
+            self._report(message, Decision(Verdict.TEMPFAIL, steps=[_SPOOL_FAILED]))
+        return p.Tempfail()
 
     def _open_spool(self) -> None:
         if self._spool_file is None and self._pipeline is not None and self._pipeline.wants_content:
@@ -181,30 +253,50 @@ class Session:
 
     # --- end of message ------------------------------------------------------------------------
 
-    async def _end_of_message(self, chunk: bytes) -> AsyncIterator[p.Response]:
-        self._enter_stage(b"E")
+    def end_of_message(self, chunk: bytes) -> p.Response | Decision | None:
+        """Finish the message; a TEMPFAIL if its spool failed, the decision if the pipeline
+        can make it without waiting, else None: then :meth:`decide` runs the pipeline.
+        Call :meth:`finish_message` once the answer is sent."""
+        self._enter_stage(8)
         message, pipeline = self.message, self._pipeline
         assert message is not None and pipeline is not None
         failed = self._content(lambda: self._finish_spool(chunk))
         if not isinstance(failed, p.Continue):
-            yield failed
-            return
-        task = asyncio.ensure_future(self._decide(pipeline, message))
-        decision: Decision | None = None
+            return failed
+        decide_now = getattr(pipeline, "decide_now", None)
+        if decide_now is None:
+            return None
         try:
-            # PROGRESS keeps the MTA waiting (Sendmail's R timeout is 10 s by default).
-            while not task.done():
-                await asyncio.wait({task}, timeout=self.services.progress_interval)
-                if not task.done():
-                    yield p.Progress()
-            decision = task.result()
-            for response in self._responses(decision):
-                yield response
-        finally:
-            task.cancel()
-            self._end_message("done")
-            if decision is not None and decision.changes.new_body is not None:
-                decision.changes.new_body.unlink(missing_ok=True)
+            decision: Decision | None = decide_now(message)
+        except Exception as exc:  # noqa: BLE001 (logged by _failed): a bug must end in an answer
+            decision = self._failed(message, exc)
+        return None if decision is None else self._report(message, decision)
+
+    async def decide(self) -> Decision:
+        """Run the pipeline; any failure becomes the default action."""
+        message, pipeline = self.message, self._pipeline
+        assert message is not None and pipeline is not None
+        try:
+            decision = await pipeline.run(message)
+        except Exception as exc:  # noqa: BLE001 (logged by _failed): a bug must end in an answer
+            decision = self._failed(message, exc)
+        return self._report(message, decision)
+
+    async def waiting(self, task: asyncio.Future[Decision]) -> AsyncIterator[p.Response]:
+        """PROGRESS every ``progress_interval`` until ``task`` is done: it keeps the MTA
+        waiting (Sendmail's R timeout is 10 s by default)."""
+        while not task.done():
+            await asyncio.wait({task}, timeout=self.services.progress_interval)
+            if not task.done():
+                yield p.Progress()
+
+    def finish_message(self) -> None:
+        """The message's answer is out (or the connection is gone): remove its files."""
+        decision = self._decision
+        self._decision = None
+        self._end_message("done")
+        if decision is not None and decision.changes.new_body is not None:
+            decision.changes.new_body.unlink(missing_ok=True)
 
     def _finish_spool(self, chunk: bytes) -> None:
         assert self.message is not None
@@ -223,40 +315,89 @@ class Session:
                     self._spool_file.size,
                 )
 
-    async def _decide(self, pipeline: Pipeline, message: Message) -> Decision:
-        """Run the pipeline; any failure becomes the default action."""
-        try:
-            decision = await pipeline.run(message)
-        except Exception as exc:  # any filter bug must end in a defined answer, never a crash
-            log.exception("%s: pipeline failed: %s", message.queue_id or self.name, exc)
-            decision = Decision(
-                self.services.default_action, steps=[StepResult("pipeline", f"error: {exc}")]
-            )
-        self._report(message, decision)
-        return decision
+    def _failed(self, message: Message, exc: Exception) -> Decision:
+        log.exception("%s: pipeline failed: %s", message.queue_id or self.name, exc)
+        return Decision(
+            self.services.default_action, steps=[StepResult("pipeline", f"error: {exc}")]
+        )
 
-    def _report(self, message: Message, decision: Decision) -> None:
+    def _report(self, message: Message, decision: Decision) -> Decision:
+        decision = self._sendable(message, decision)
+        self._decision = decision
         seconds = time.monotonic() - self._started
         log_message(message, decision, seconds)
         if self.services.on_message_done is not None:
             self.services.on_message_done(message, decision, seconds)
+        return decision
 
-    def _responses(self, decision: Decision) -> Iterator[p.Response]:
+    def responses(self, decision: Decision) -> Iterator[p.Response]:
+        """The modifications (if the message is delivered) and the final reply."""
+        actions, self._actions = self._actions, []
+        body = None
         if decision.verdict in (Verdict.CONTINUE, Verdict.ACCEPT):
-            for action in _modifications(decision.changes):
-                needed = p.responses.REQUIRED_ACTION[type(action)]
-                if self.conn.actions & needed:
-                    yield action
-                else:
-                    log.warning("%s: %s not negotiated, change not made", self.name, needed.name)
+            try:
+                body = self._open_body(decision.changes.new_body)
+            except OSError as exc:
+                log.error(
+                    "%s: new body unreadable (%s); answering the default action", self.name, exc
+                )
+                yield final_reply(self.services.default_action, None)
+                return
+            yield from actions
+        if body is not None:
+            with body:
+                while chunk := body.read(MAX_SEND_DATA):
+                    yield p.ReplaceBody(chunk)
         yield final_reply(decision.verdict, decision.reply)
+
+    def _sendable(self, message: Message, decision: Decision) -> Decision:
+        """Check every change before anything is sent: one that cannot go on the wire (a
+        header name with a space, a NUL in an address, a body file gone) makes the whole
+        answer the default action instead of a half-modified message."""
+        if decision.verdict not in (Verdict.CONTINUE, Verdict.ACCEPT) or not decision.changes:
+            return decision
+        try:
+            self._actions = self._checked(decision.changes)
+            if decision.changes.new_body is not None:
+                decision.changes.new_body.stat()
+        except (ValueError, OSError) as exc:
+            log.error("%s: changes cannot be sent: %s", message.queue_id or self.name, exc)
+            self._actions = []
+            if decision.changes.new_body is not None:
+                decision.changes.new_body.unlink(missing_ok=True)
+            return Decision(
+                self.services.default_action,
+                steps=[*decision.steps, StepResult("changes", f"error: {exc}")],
+            )
+        return decision
+
+    def _checked(self, changes: Changes) -> list[p.Response]:
+        """The header and recipient actions that were negotiated, each encodable."""
+        out: list[p.Response] = []
+        for action in _modifications(changes):
+            needed = p.responses.REQUIRED_ACTION[type(action)]
+            if self.conn.actions & needed:
+                p.encode_response(action)  # raises ValueError if it cannot go on the wire
+                out.append(action)
+            else:
+                log.warning("%s: %s not negotiated, change not made", self.name, needed.name)
+        return out
+
+    def _open_body(self, path: Path | None) -> BinaryIO | None:
+        if path is None:
+            return None
+        if not self.conn.actions & p.Action.CHGBODY:
+            log.warning("%s: CHGBODY not negotiated, change not made", self.name)
+            return None
+        return open(path, "rb")
 
 
 _SPOOL_FAILED = StepResult("spool", "error")
+_CONTINUE = p.Continue()
 
 
 def _modifications(changes: Changes) -> Iterator[p.ModificationAction]:
-    """The milter actions for a set of changes; a new body is streamed from its file."""
+    """The milter actions for the header and recipient changes (the body comes apart)."""
     for name, value in changes.add_headers:
         yield p.AddHeader(name, value)
     for name, index, value in changes.change_headers:
@@ -265,10 +406,6 @@ def _modifications(changes: Changes) -> Iterator[p.ModificationAction]:
         yield p.DeleteRecipient(rcpt)
     for rcpt in changes.add_recipients:
         yield p.AddRecipient(rcpt)
-    if changes.new_body is not None:
-        with open(changes.new_body, "rb") as body:
-            while chunk := body.read(_BODY_CHUNK):
-                yield p.ReplaceBody(chunk)
 
 
 def final_reply(verdict: Verdict, reply: Reply | None) -> p.FinalReply:

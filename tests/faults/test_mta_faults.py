@@ -137,9 +137,10 @@ def test_hang_up_at_every_stage(tmp_path: Path, milter_agent: Agent, inet: bool)
     log = agent.log_text()
     assert "connection closed in the middle of a packet" in log
     assert "Traceback" not in log
+    assert "the MTA hung up while the message was being decided" in log
     verdicts = status(agent)["verdicts"]
-    # during-eom: the filter ran and its verdict was logged, though nobody was left to hear it
-    assert verdicts == {"continue": len(STAGES) + 2}, verdicts
+    # during-eom: the daemon notices the hang-up at once and drops the message undecided
+    assert verdicts == {"continue": len(STAGES) + 1}, verdicts
 
 
 def test_hang_up_while_a_filter_hangs_kills_the_filter(tmp_path: Path, milter_agent: Agent) -> None:
