@@ -35,7 +35,9 @@ def _strings(cmd: str, payload: bytes) -> list[str]:
         return []
     if payload[-1] != 0:
         raise ProtocolError(f"{cmd}: string not NUL-terminated (truncated payload)")
-    return [decode_text(part) for part in payload[:-1].split(b"\0")]
+    # one decode for all: NUL never occurs inside a UTF-8 sequence, so splitting after
+    # decoding gives the same strings
+    return decode_text(payload[:-1]).split("\0")
 
 
 def _exactly(cmd: str, payload: bytes, count: int) -> list[str]:
@@ -225,6 +227,9 @@ def _one(cmd: str, make: Callable[[str], Command]) -> Callable[[bytes], Command]
     return decode
 
 
+# Commands without fields are immutable: one instance each serves every packet.
+_DATA, _EOH, _ABORT, _QUIT, _QUIT_NC = Data(), EndOfHeaders(), Abort(), Quit(), QuitNoClose()
+
 #: How each command letter is decoded; commands without payload ignore any bytes they carry.
 DECODERS: dict[bytes, Callable[[bytes], Command]] = {
     c.CMD_OPTNEG: _optneg,
@@ -233,15 +238,15 @@ DECODERS: dict[bytes, Callable[[bytes], Command]] = {
     c.CMD_HELO: _one("HELO", Helo),
     c.CMD_MAIL: _mail,
     c.CMD_RCPT: _rcpt,
-    c.CMD_DATA: lambda _p: Data(),
+    c.CMD_DATA: lambda _p: _DATA,
     c.CMD_HEADER: _header,
-    c.CMD_EOH: lambda _p: EndOfHeaders(),
+    c.CMD_EOH: lambda _p: _EOH,
     c.CMD_BODY: Body,
     c.CMD_BODYEOB: EndOfMessage,
     c.CMD_UNKNOWN: _one("UNKNOWN", Unknown),
-    c.CMD_ABORT: lambda _p: Abort(),
-    c.CMD_QUIT: lambda _p: Quit(),
-    c.CMD_QUIT_NC: lambda _p: QuitNoClose(),
+    c.CMD_ABORT: lambda _p: _ABORT,
+    c.CMD_QUIT: lambda _p: _QUIT,
+    c.CMD_QUIT_NC: lambda _p: _QUIT_NC,
 }
 
 

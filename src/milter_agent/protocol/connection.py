@@ -104,9 +104,20 @@ NEEDS_REPLY: dict[type, ProtocolFlag] = {
     cmd.Unknown: ProtocolFlag.NR_UNKN,
 }
 
+#: Per phase: the commands allowed in it and the phase each leads to (TRANSITIONS turned
+#: inside out, so that checking a command is one dict lookup keyed by its type).
+_RULES: dict[Phase, dict[type, Phase | None]] = {
+    phase: {kind: after for kind, (allowed, after) in TRANSITIONS.items() if phase in allowed}
+    for phase in Phase
+}
+#: NEEDS_REPLY as plain ints: IntFlag arithmetic is slow, and this runs for every command.
+_WAIVER = {kind: int(flag) for kind, flag in NEEDS_REPLY.items()}
 _CANCELS_WAIT = (cmd.Abort, cmd.Quit, cmd.QuitNoClose)
+_CONTINUE = rsp.encode_response(rsp.Continue())
 _MESSAGE_LEVEL = (cmd.Mail, cmd.Data, cmd.Header, cmd.EndOfHeaders, cmd.Body, cmd.EndOfMessage)
 _HEADER_ACTIONS = (rsp.AddHeader, rsp.InsertHeader, rsp.ChangeHeader)
+_CONTINUABLE = frozenset(NEEDS_REPLY)
+_LEADSPC = int(ProtocolFlag.HDR_LEADSPC)
 
 
 class MilterConnection:
@@ -116,8 +127,10 @@ class MilterConnection:
         self._frames = FrameBuffer(max_packet)
         self._eof = False
         self._error: ProtocolError | None = None
-        self.phase = Phase.NEGOTIATE
+        self._phase = Phase.NEGOTIATE
+        self._rules = _RULES[Phase.NEGOTIATE]
         self.negotiated: rsp.OptNegReply | None = None
+        self._flag_bits = 0  # the negotiated protocol bits, as an int
         self.pending: type | None = None
         self._offer: cmd.OptNeg | None = None
         #: REPLBODY progress in the current end-of-message: 0 none yet, 1 sending, 2 finished.
@@ -153,18 +166,29 @@ class MilterConnection:
             raise
         return command
 
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: Phase) -> None:
+        self._phase = phase
+        self._rules = _RULES[phase]
+
     def _advance(self, command: cmd.Command) -> None:
         kind = type(command)
-        allowed, after = TRANSITIONS[kind]
-        name = kind.__name__
-        if self.phase not in allowed:
-            raise ProtocolError(f"{name} not allowed in phase {self.phase.value}")
+        rules = self._rules
+        if kind not in rules:
+            raise ProtocolError(f"{kind.__name__} not allowed in phase {self._phase.value}")
+        after = rules[kind]
         if self.pending is not None:
             if not isinstance(command, _CANCELS_WAIT) and kind is not cmd.Macro:
-                raise ProtocolError(f"{name} arrived before our reply to {self.pending.__name__}")
+                raise ProtocolError(
+                    f"{kind.__name__} arrived before our reply to {self.pending.__name__}"
+                )
             if kind is not cmd.Macro:
                 self.pending = None
-        if kind is cmd.Abort and self.phase is Phase.MESSAGE:
+        if kind is cmd.Abort and self._phase is Phase.MESSAGE:
             after = Phase.SESSION
         if isinstance(command, cmd.OptNeg):
             self._offer = command
@@ -172,7 +196,8 @@ class MilterConnection:
             self._body_state = 0
         if after is not None:
             self.phase = after
-        if kind is cmd.OptNeg or (kind in NEEDS_REPLY and not self._flags & NEEDS_REPLY[kind]):
+        waived = _WAIVER.get(kind)
+        if kind is cmd.OptNeg or (waived is not None and not self._flag_bits & waived):
             self.pending = kind
 
     @property
@@ -186,7 +211,7 @@ class MilterConnection:
     @property
     def header_leading_space(self) -> bool:
         """True when header values arrive with, and must be sent with, their leading space."""
-        return bool(self._flags & ProtocolFlag.HDR_LEADSPC)
+        return bool(self._flag_bits & _LEADSPC)
 
     @property
     def awaiting_reply(self) -> bool:
@@ -199,10 +224,17 @@ class MilterConnection:
         if self._error is not None:
             raise self._error
         pending = self.pending
+        if type(response) is rsp.Continue and pending in _CONTINUABLE:
+            # the answer to nearly every command: checked and encoded in one step
+            self.pending = None
+            if pending is cmd.EndOfMessage:
+                self.phase = Phase.SESSION
+            return _CONTINUE
         if isinstance(response, rsp.OptNegReply):
             self._expect(pending is cmd.OptNeg, response)
             self._check_negotiation(response)
             self.negotiated = response
+            self._flag_bits = int(response.protocol)
             self.phase = Phase.READY
             self.pending = None
         elif isinstance(response, rsp.Progress):
