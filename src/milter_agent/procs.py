@@ -10,6 +10,10 @@
   without it the program is left running (the seed's behaviour) and reaped in the background.
 - The daemon is a child subreaper, so orphaned grandchildren are re-parented to it and
   :class:`OrphanReaper` reaps them: no zombie is ever left behind.
+- A program is started with :class:`subprocess.Popen` (vfork and exec in C, no shell) and its
+  exit is seen through a pidfd on the event loop. asyncio's own subprocess support would add a
+  transport, a protocol and, on Python 3.11, a thread per program, which cost more CPU than the
+  spawn itself.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -111,15 +116,17 @@ async def run_program(
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         with open(stdin_path or os.devnull, "rb") as stdin:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=stdin,
-                stdout=out_w,
-                stderr=err_w,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=True,
+            proc = Child(
+                subprocess.Popen(
+                    list(argv),
+                    stdin=stdin,
+                    stdout=out_w,
+                    stderr=err_w,
+                    env=dict(env),
+                    cwd=cwd,
+                    start_new_session=True,
+                    close_fds=True,
+                )
             )
     except OSError as exc:
         os.close(out_r)
@@ -163,9 +170,53 @@ async def run_program(
     )
 
 
-async def _close_pipes(
-    readers: Sequence[asyncio.Future[None]], proc: asyncio.subprocess.Process
-) -> None:
+class Child:
+    """A started program: its pid, and its exit, seen through a pidfd (polled where the
+    kernel has none). Only this object waits for the pid, so nobody else reaps it."""
+
+    _POLL = 0.05
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.returncode: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._pidfd = -1
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # no pidfd on this kernel: poll
+            self._loop.call_later(self._POLL, self._poll)
+        else:
+            self._loop.add_reader(self._pidfd, self._reap)
+
+    async def wait(self) -> int:
+        """The exit code (negative: the signal that ended it); cancellable, the exit is
+        still noted when it comes."""
+        return await asyncio.shield(self._exited)
+
+    def _reap(self) -> bool:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: cannot happen, but never hang on it
+            pid, status = self.pid, 255 << 8
+        if pid == 0:
+            return False
+        self.returncode = self._popen.returncode = os.waitstatus_to_exitcode(status)
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if not self._exited.done():
+            self._exited.set_result(self.returncode)
+        return True
+
+    def _poll(self) -> None:
+        if not self._reap():
+            self._loop.call_later(self._POLL, self._poll)
+
+
+async def _close_pipes(readers: Sequence[asyncio.Future[None]], proc: Child) -> None:
     """Let the readers finish; pipes a grandchild keeps open are closed after a short grace."""
     await asyncio.wait(readers, timeout=_PIPE_GRACE if proc.returncode is not None else 0)
     for reader in readers:
@@ -178,7 +229,7 @@ def _killpg(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _terminate(proc: Child, grace: float) -> None:
     """SIGTERM to the process group, SIGKILL after ``grace``; always waits for the exit."""
     _killpg(proc.pid, signal.SIGTERM)
     try:
@@ -191,9 +242,7 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
     _killpg(proc.pid, signal.SIGKILL)
 
 
-def _reap_later(
-    proc: asyncio.subprocess.Process, on_exit: Callable[[], None] | None = None
-) -> None:
+def _reap_later(proc: Child, on_exit: Callable[[], None] | None = None) -> None:
     """A program left running: reap it when it ends, then run ``on_exit`` (its owner is gone;
     e.g. remove files the program may have written after its message was done)."""
 
@@ -214,7 +263,7 @@ def _reap_later(
 
 
 def _abandon(
-    proc: asyncio.subprocess.Process,
+    proc: Child,
     readers: Sequence[asyncio.Future[None]],
     kill: bool,
     grace: float,
