@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-from typing import Any
 from pathlib import Path
 
 from milter_agent import __version__
@@ -385,14 +384,6 @@ def _file_sets(path: str, key: str) -> bool:
     return any(e.key == key for raw in sections if raw.kind == "global" for e in raw.entries)
 
 
-def _loop_factory() -> Any:
-    if os.environ.get("MILTER_AGENT_LOOP") != "uvloop":
-        return None
-    import uvloop  # noqa: PLC0415
-
-    return uvloop.new_event_loop
-
-
 def run(command_line: CommandLine) -> int:
     """Start the daemon; returns the exit status."""
     try:
@@ -410,8 +401,7 @@ def run(command_line: CommandLine) -> int:
     try:
         if pid_file:
             write_pid_file(pid_file, daemon.account.owner if daemon.account else None)
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(daemon.serve())
+        asyncio.run(daemon.serve())
     except (ConfigError, SpoolError, OSError) as exc:
         log.critical("cannot start: %s", exc)
         if daemon.readiness is not None:
