@@ -92,6 +92,13 @@ def build_parser(prog: str = "milter-agent") -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
         description="A milter that runs address rules and filter programs for Postfix/Sendmail.",
+        # The subcommand is dispatched before this parser runs, so it is not an option here;
+        # without this line --help would never tell that it exists.
+        epilog=(
+            "milter-agent test [options] MESSAGE runs one message file through the configured "
+            "pipeline without an MTA and reports what each section did; see "
+            "'milter-agent test --help'."
+        ),
         add_help=False,
         allow_abbrev=False,
         # Only options actually given appear in the result: that is how "explicit" is known.

@@ -223,6 +223,7 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
         out = capsys.readouterr().out
         assert "-HIBFGARXavTM" not in out and "--allow-add-recipient" in out
         assert "%{recipient}" in out  # argparse's %-formatting did not eat it
+        assert "'milter-agent test --help'" in out  # the subcommand is not an option: said here
     for argv in (["-V"], ["--version"]):
         with pytest.raises(SystemExit):
             parse_command_line(argv)
