@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket as s
+import stat
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ class Client:
     async def open(cls, spec: SocketSpec, port: int = 0) -> Client:
         if spec.kind == "unix":
             return cls(*await asyncio.open_unix_connection(spec.path))
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
+        return cls(*await asyncio.open_connection(spec.host, port))
 
     async def packet(self) -> tuple[bytes, bytes]:
         while (packet := self.frames.next_packet()) is None:
@@ -76,13 +78,31 @@ async def started(server: MilterServer) -> int:
     return int(server._server.sockets[0].getsockname()[1]) if server.spec.kind != "unix" else 0
 
 
-@pytest.mark.parametrize("kind", ["unix", "inet"])
+def loopback6() -> None:
+    """Fail (never skip) with the reason when this machine cannot listen on ::1."""
+    try:
+        with s.socket(s.AF_INET6, s.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.fail(
+            f"cannot listen on ::1 ({exc}): the inet6 tests need IPv6 on the loopback "
+            "interface (sysctl net.ipv6.conf.lo.disable_ipv6=0)",
+            pytrace=False,
+        )
+
+
+def socket_spec(kind: str, tmp_path: Path) -> SocketSpec:
+    if kind == "unix":
+        return SocketSpec("unix", path=str(tmp_path / "s"))
+    if kind == "inet6":
+        loopback6()
+        return SocketSpec("inet6", "", "::1", 0)
+    return SocketSpec("inet", "", "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("kind", ["unix", "inet", "inet6"])
 def test_many_connections_many_messages(tmp_path: Path, kind: str) -> None:
-    spec = (
-        SocketSpec("unix", path=str(tmp_path / "s"))
-        if kind == "unix"
-        else SocketSpec("inet", "", "127.0.0.1", 0)
-    )
+    spec = socket_spec(kind, tmp_path)
 
     async def go() -> None:
         server = MilterServer(spec, services(tmp_path, PassThrough()))
@@ -229,5 +249,91 @@ def test_stale_socket_replaced_but_regular_file_kept(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="not a socket"):
             await server.start()
         assert path.read_text() == "precious"
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", ["inet", "inet6"])
+def test_accepted_tcp_connection_has_nodelay(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TCP_NODELAY on the accepted socket (without it Postfix's small writes wait ~40 ms on
+    Nagle). asyncio's own transport sets it too; that is switched off here, so the test sees
+    what milter-agent sets, as under any other event loop."""
+    monkeypatch.setattr(asyncio.base_events, "_set_nodelay", lambda sock: None)
+    spec = socket_spec(kind, tmp_path)
+    family = s.AF_INET6 if kind == "inet6" else s.AF_INET
+
+    async def go() -> None:
+        server = MilterServer(spec, services(tmp_path, PassThrough()))
+        port = await started(server)
+        client = await Client.open(spec, port)
+        await client.command(POSTFIX_OFFER)  # answered, so the server holds the connection
+        (conn,) = server._connections
+        assert conn.transport is not None
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.family == family
+        assert sock.getsockopt(s.IPPROTO_TCP, s.TCP_NODELAY) != 0
+        client_sock = client.writer.get_extra_info("socket")
+        assert client_sock.getsockopt(s.IPPROTO_TCP, s.TCP_NODELAY) == 0  # the switch works
+        client.writer.close()
+        await server.stop()
+
+    asyncio.run(go())
+
+
+def test_unix_socket_has_its_mode_from_the_bind_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """socket_mode=0o640: the file has that mode, and had it already when bind() created it
+    (the chmod after it changes nothing): there is no moment with a wider mode."""
+    path = tmp_path / "s"
+    modes_at_chmod: list[int] = []
+    chmod = os.chmod
+
+    def watching_chmod(target: str, mode: int) -> None:
+        if target == str(path):
+            modes_at_chmod.append(stat.S_IMODE(os.lstat(target).st_mode))
+        chmod(target, mode)
+
+    monkeypatch.setattr(os, "chmod", watching_chmod)
+    umask = os.umask(0o022)
+    try:
+
+        async def go() -> None:
+            spec = SocketSpec("unix", path=str(path))
+            server = MilterServer(spec, services(tmp_path, PassThrough()), socket_mode=0o640)
+            await started(server)
+            assert stat.S_ISSOCK(os.lstat(path).st_mode)
+            assert stat.S_IMODE(os.lstat(path).st_mode) == 0o640
+            assert modes_at_chmod == [0o640]
+            assert os.umask(0o022) == 0o022  # the process umask is back as it was
+            await server.stop()
+
+        asyncio.run(go())
+    finally:
+        os.umask(umask)
+
+
+@pytest.mark.parametrize("kind", ["unix", "inet"])
+def test_new_connections_are_refused_during_the_grace(tmp_path: Path, kind: str) -> None:
+    spec = socket_spec(kind, tmp_path)
+
+    async def go() -> None:
+        gate = Gate()
+        server = MilterServer(spec, services(tmp_path, gate), shutdown_grace=10)
+        port = await started(server)
+        busy = await Client.open(spec, port)
+        await busy.handshake()
+        verdict = asyncio.ensure_future(busy.message())
+        await asyncio.wait_for(gate.entered.wait(), 5)
+        stopping = asyncio.ensure_future(server.stop())
+        await asyncio.sleep(0.05)  # stop() has closed the listener and is waiting
+        assert not stopping.done() and not verdict.done()
+        with pytest.raises(ConnectionRefusedError):
+            await Client.open(spec, port)
+        gate.release.set()
+        assert await asyncio.wait_for(verdict, 5) == b"c"  # the message in flight still ends
+        await asyncio.wait_for(stopping, 5)
 
     asyncio.run(go())
