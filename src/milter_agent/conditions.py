@@ -311,9 +311,10 @@ class CronExpression:
     _sim: CronSim = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        normalized = " ".join(self.text.split())
-        if len(normalized.split()) != 5:
+        fields = list_items(self.text)  # a NEL or NBSP does not separate two fields
+        if len(fields) != 5:
             raise PatternError(f"cron expression {self.text!r} must have five fields")
+        normalized = " ".join(fields)
         try:
             sim = CronSim(normalized, datetime(2000, 1, 1))
         except CronSimError as exc:

@@ -19,6 +19,7 @@ from milter_agent.conditions import (
     PatternError,
     SubjectList,
     check_address,
+    list_items,
 )
 from milter_agent.config import values as v
 from milter_agent.config.keys import SECTION_KEYS, SECTION_TITLES, SETTINGS
@@ -222,7 +223,7 @@ def _build_address(r: _Reader, settings: Settings, number: int) -> AddressRule |
 def _recipients(r: _Reader, key: str) -> tuple[str, ...]:
     found: list[str] = []
     for entry in r.entries(key):
-        words = entry.value.split()
+        words = list_items(entry.value)
         if not words:
             r.problems.error(entry.line, key, "no address given")
         for word in words:
@@ -234,7 +235,7 @@ def _recipients(r: _Reader, key: str) -> tuple[str, ...]:
 
 
 def _header_names(text: str) -> tuple[str, ...]:
-    names = tuple(v.parse_header_name(word) for word in text.split())
+    names = tuple(v.parse_header_name(word) for word in list_items(text))
     if not names:
         raise ValueError("no header name given")
     return names
@@ -418,11 +419,12 @@ def _pattern_list(
 ) -> L | None:
     """Every entry of a (repeatable) list key, checked entry by entry so an error names its line.
 
-    Address lists are space-separated; a subject item is the whole value (it has spaces).
+    Address lists are separated by ASCII spaces and tabs only (``list_items``); a subject item
+    is the whole value (it has spaces).
     """
     items: list[str] = []
     for entry in r.entries(key):
-        words = tuple(entry.value.split()) if make is AddressList else (entry.value.strip(),)
+        words = tuple(list_items(entry.value)) if make is AddressList else (entry.value.strip(),)
         try:
             checked = make(words, settings.regex)
         except PatternError as exc:

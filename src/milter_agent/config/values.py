@@ -13,6 +13,7 @@ import re
 import shlex
 from collections.abc import Iterable
 
+from milter_agent.conditions import list_items
 from milter_agent.errors import ConfigError
 from milter_agent.socketspec import parse_socket_spec
 
@@ -177,9 +178,10 @@ def parse_size(text: str) -> int:
 
 
 def parse_exit_codes(text: str) -> frozenset[int]:
-    """Space-separated exit codes 0-255; ``a-b`` is a range."""
+    """Space-separated exit codes 0-255; ``a-b`` is a range. Split like every list value (at
+    ASCII blanks only), so ``1\x852`` is a bad code, not the two codes 1 and 2."""
     codes: set[int] = set()
-    for word in text.split():
+    for word in list_items(text):
         low, dash, high = word.partition("-")
         first = parse_int(low, maximum=255)
         last = parse_int(high, maximum=255) if dash else first

@@ -658,6 +658,53 @@ def test_address_value_errors(line: str, key: str, reason: str) -> None:
     assert reason in error, error
 
 
+#: Unicode blanks that str.split() would take for separators; list values split at ASCII space
+#: and tab only, so an item holding one of them stays whole and is refused or never matches.
+UNICODE_BLANKS = ["\x85", "\xa0", "\u2028", "\u3000"]
+
+
+@pytest.mark.parametrize("blank", UNICODE_BLANKS)
+@pytest.mark.parametrize("key", ["add_recipient", "message_forward_recipient"])
+def test_an_address_to_add_is_not_split_at_a_unicode_blank(key: str, blank: str) -> None:
+    error = only_error(f'[Address]\n{key} = "ok@x a{blank}b@x"\n', "-AR")
+    assert error.startswith(f"{PATH}:2: {key}: "), error
+    assert f"contains a space or control character (U+{ord(blank):04X})" in error
+
+
+@pytest.mark.parametrize("blank", UNICODE_BLANKS)
+def test_a_condition_item_is_not_split_at_a_unicode_blank(blank: str) -> None:
+    config = parse(
+        f'[Address]\nmessage_sender = "a{blank}b@x c@x"\nadd_recipient = w\n'
+        f'[Filter]\ntask_name = f\nexec_cmd = /bin/f\nrun_message_recipient = "a{blank}b@x"\n',
+        "-A",
+    )
+    rule, spec = config.sections
+    assert isinstance(rule, AddressRule) and isinstance(spec, FilterSpec)
+    assert rule.message_sender is not None and spec.run_message_recipient is not None
+    assert rule.message_sender.items == (f"a{blank}b@x", "c@x")
+    assert not rule.applies("b@x", []) and rule.applies("c@x", [])
+    assert spec.run_message_recipient.items == (f"a{blank}b@x",)
+    assert spec.skip_reason("s@x", ["b@x"], "", datetime(2026, 1, 5)) == "run_message_recipient"
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('remove_header_name = "X-A\x85X-B"', "not a header field name"),
+        ('run_time = "0\x859 * * *"', "must have five fields"),
+    ],
+)
+def test_other_address_lists_are_not_split_at_a_unicode_blank(line: str, reason: str) -> None:
+    error = only_error(f"[Address]\nadd_header_name = X\nadd_header_value = y\n{line}\n")
+    assert error.startswith(f"{PATH}:4: {line.split()[0]}: "), error
+    assert reason in error, error
+
+
+def test_exit_codes_are_not_split_at_a_unicode_blank() -> None:
+    error = only_error(_filter_text('reject_exit_codes = "1\x852"'))
+    assert error.startswith(f"{PATH}:4: reject_exit_codes: expected a whole number"), error
+
+
 def test_header_pairs_must_match() -> None:
     found = errors_of(
         """
