@@ -113,6 +113,13 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario("exec1", "1 program filter /bin/true %f", "log_level = 0\n" + _filters(1)),
         Scenario("exec5", "5 program filters /bin/true %f", "log_level = 0\n" + _filters(5)),
+        Scenario(
+            "module",
+            "1 Python module filter (dummy)",
+            'log_level = 0\n\n[Filter]\ntask_name = dummy\n'
+            'module_name = "milter_agent.modules.dummy"'
+            '\nexec_cmd = "%f"\n',
+        ),
     )
 }
 BASELINE = "pass"

@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -107,8 +108,10 @@ class Policy:
         return tuple((stage, " ".join(names)) for stage, names in sorted(lists.items()))
 
 
+@functools.lru_cache(maxsize=64)
 def negotiate(offer: OptNeg, policy: Policy) -> OptNegReply:
-    """Our reply to the MTA's offer: never more than offered, never a newer version."""
+    """Our reply to the MTA's offer: never more than offered, never a newer version.
+    (Cached: an MTA makes the same offer on every connection, and both sides are frozen.)"""
     if offer.version < MIN_PROTOCOL_VERSION:
         raise ProtocolError(f"OPTNEG: MTA speaks milter protocol {offer.version}, need >= 2")
     version = min(PROTOCOL_VERSION, offer.version)
