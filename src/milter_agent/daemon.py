@@ -81,6 +81,7 @@ class Daemon:
         self.registry = Registry()
         self.engine = self._build(self.store.current)
         self.server: MilterServer | None = None
+        self._policy: tuple[object, Policy] = (None, Policy())
         self.counters = stats.MessageCounters()
         self.stats_since = self.started
         self._connections_before_reset = 0
@@ -154,6 +155,12 @@ class Daemon:
         return self.engine
 
     def policy(self) -> Policy:
+        config = self.store.current
+        if self._policy[0] is not config:  # one per configuration, not per connection
+            self._policy = (config, self._new_policy())
+        return self._policy[1]
+
+    def _new_policy(self) -> Policy:
         s = self.store.current.settings
         return Policy.from_permissions(
             add_recipient=s.allow_add_recipient,
