@@ -47,6 +47,7 @@ class Message:
     ``recipients`` and ``headers`` hold what the MTA sent; the pipeline records its changes
     elsewhere (see :mod:`milter_agent.pipeline`). Header values are ``raw``: everything after
     the colon, as it stands in the message (the spool file holds ``name:raw``).
+    ``header_size`` counts them as the spool file does (``name:raw`` and CRLF each).
     """
 
     client: Client
@@ -58,6 +59,7 @@ class Message:
     macros: dict[str, str] = field(default_factory=dict)
     spool_path: Path | None = None
     size: int = 0
+    header_size: int = 0
     body_size: int = 0
 
     @property

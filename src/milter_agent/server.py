@@ -27,8 +27,8 @@ from typing import cast
 
 from milter_agent import protocol as p
 from milter_agent.errors import ProtocolError
-from milter_agent.pipeline import Decision, Verdict
-from milter_agent.session import Services, Session, final_reply
+from milter_agent.pipeline import Decision
+from milter_agent.session import Services, Session
 from milter_agent.socketspec import SocketSpec
 
 log = logging.getLogger("milter_agent.server")
@@ -337,7 +337,7 @@ class MilterProtocol(asyncio.Protocol):
         """Stopped while a message waits for its verdict: answer tempfail rather than nothing."""
         if self.server.stopping and self.conn.pending is p.EndOfMessage:
             with contextlib.suppress(OSError, RuntimeError, p.LocalProtocolError):
-                self._write(self.conn.send(final_reply(Verdict.TEMPFAIL, None)))
+                self._write(self.conn.send(self.session.give_up()))
                 log.warning("%s: shutting down; message tempfailed", self.name)
 
     # --- transport ------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ the pipeline can (no message filter to wait for); otherwise :meth:`Session.decid
 :meth:`Session.waiting` yields PROGRESS keep-alives meanwhile. :meth:`Session.handle` wraps all
 of it in one async generator. Every message ends in a definite answer: a pipeline failure, or
 changes that cannot be sent, become the configured default action, a spool failure a tempfail,
-and the spool file is always removed.
+headers over ``max_header_size`` a reject, and the spool file is always removed. Every message
+with a recipient gets one log line, also when it ends without an answer (aborted, lost).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Services:
     progress_interval: float = 5.0
     log_tempfile: bool = False
     on_message_done: Callable[[Message, Decision, float], None] | None = None
+    max_header_size: int = 1024 * 1024
 
 
 class Session:
@@ -128,12 +130,13 @@ class Session:
         return _CONTINUE
 
     def _helo(self, event: p.Helo) -> p.Response:
+        self._end_message(ABORTED)  # a new HELO resets the transaction, as RSET does
         self._enter_stage(1)
-        self._end_message("helo")
         self.client.helo = event.name
         return _CONTINUE
 
     def _mail(self, event: p.Mail) -> p.Response:
+        self._end_message(ABORTED)  # before the stage change drops the old message's macros
         self._enter_stage(2)
         self._start_message(event.sender, event.args)
         return _CONTINUE
@@ -152,10 +155,10 @@ class Session:
     def _header_event(self, event: p.Header) -> p.Response:
         self._enter_stage(5)
         try:
-            self._header(event.name, event.value)
+            held = self._header(event.name, event.value)
         except SpoolError as exc:
             return self._spool_failed(exc)
-        return _CONTINUE
+        return _CONTINUE if held else self._header_too_large()
 
     def _eoh(self, event: p.EndOfHeaders) -> p.Response:
         self._enter_stage(6)
@@ -170,10 +173,10 @@ class Session:
         return _CONTINUE
 
     def _abort(self, event: p.Abort) -> None:
-        self._end_message("aborted")
+        self._end_message(ABORTED)
 
     def _quit(self, event: p.Quit | p.QuitNoClose) -> None:
-        self.close()
+        self._end_message(ABORTED)
         self.macros.clear()
 
     def _unknown(self, event: p.Unknown) -> p.Response:
@@ -190,15 +193,18 @@ class Session:
     # --- message lifecycle -----------------------------------------------------------------------
 
     def _start_message(self, sender: str, args: tuple[str, ...]) -> None:
-        self._end_message("new MAIL")
         self._pipeline = self.services.pipeline()
         self._started = self._connected or time.monotonic()
         self._connected = 0.0
         self.message = Message(self.client, sender, args)
 
-    def _end_message(self, why: str) -> None:
-        if self.message is not None:
-            log.debug("%s: message ended: %s", self.name, why)
+    def _end_message(self, unanswered: str | None) -> None:
+        """Drop the message in progress and its spool file. ``unanswered`` (ABORTED, LOST) is
+        the outcome logged for a message that ends without our final answer; None when it
+        had one (and its line)."""
+        if self.message is not None and unanswered is not None:
+            self._collect_macros(self.message)  # for its queue id
+            log_unanswered(self.message, unanswered, time.monotonic() - self._started)
         if self._spool_file is not None:
             self._spool_file.remove()
             self._spool_file = None
@@ -207,7 +213,7 @@ class Session:
 
     def close(self) -> None:
         """Connection over: drop any message in progress and its spool file."""
-        self._end_message("connection closed")
+        self._end_message(LOST)
 
     def _content(self, step: Callable[[], None]) -> p.Response:
         """Run a spooling step; a spool failure tempfails this message and ends it."""
@@ -219,25 +225,48 @@ class Session:
 
     def _spool_failed(self, exc: SpoolError) -> p.Response:
         log.error("%s: %s; message tempfailed", self.name, exc)
-        message = self.message
-        self._end_message("spool error")
-        if message is not None:
-            self._report(message, Decision(Verdict.TEMPFAIL, steps=[_SPOOL_FAILED]))
-        return p.Tempfail()
+        return self._end_early(Decision(Verdict.TEMPFAIL, steps=[_SPOOL_FAILED]))
+
+    def _header_too_large(self) -> p.Response:
+        """Held headers are memory: past the cap the message is rejected, as it would be too
+        large again on every retry (a tempfail would keep it queued for days)."""
+        log.warning(
+            "%s: message header over max_header_size (%d bytes); message rejected",
+            self.name,
+            self.services.max_header_size,
+        )
+        decision = Decision(Verdict.REJECT, _HEADER_TOO_LARGE, steps=[_HEADER_LIMIT])
+        return self._end_early(decision)
+
+    def _end_early(self, decision: Decision) -> p.FinalReply:
+        """End the message before its end of message, logged and counted like any other."""
+        if self.message is not None:
+            self._report(self.message, decision)
+        self._decision = None  # nothing of it is left to send
+        self._end_message(None)
+        return final_reply(decision.verdict, decision.reply)
 
     def _open_spool(self) -> None:
         if self._spool_file is None and self._pipeline is not None and self._pipeline.wants_content:
             self._spool_file = self.services.spool.create()
 
-    def _header(self, name: str, value: str) -> None:
-        assert self.message is not None
+    def _header(self, name: str, value: str) -> bool:
+        """Hold and spool one header; False, holding nothing, if it would take the message's
+        headers over ``max_header_size``."""
+        message = self.message
+        assert message is not None
         raw = value if self.conn.header_leading_space else " " + value
-        self.message.headers.append((name, raw))
+        size = len(name.encode("utf-8", "surrogateescape"))
+        size += len(raw.encode("utf-8", "surrogateescape")) + 3
+        if message.header_size + size > self.services.max_header_size:
+            return False
+        message.headers.append((name, raw))
         self._open_spool()
         if self._spool_file is not None:
             self._spool_file.write_header(name, raw)
-        self.message.size += len(name.encode("utf-8", "surrogateescape"))
-        self.message.size += len(raw.encode("utf-8", "surrogateescape")) + 3
+        message.header_size += size
+        message.size += size
+        return True
 
     def _write(self, data: bytes) -> None:
         assert self.message is not None
@@ -294,7 +323,7 @@ class Session:
         """The message's answer is out (or the connection is gone): remove its files."""
         decision = self._decision
         self._decision = None
-        self._end_message("done")
+        self._end_message(None if decision is not None else LOST)
         if decision is not None and decision.changes.new_body is not None:
             decision.changes.new_body.unlink(missing_ok=True)
 
@@ -302,8 +331,7 @@ class Session:
         assert self.message is not None
         if chunk:
             self._body(chunk)
-        for stage in STAGES:
-            self.message.macros.update(self.macros.get(bytes((stage,)), {}))
+        self._collect_macros(self.message)
         if self._spool_file is not None:
             self._spool_file.finish()
             self.message.spool_path = self._spool_file.path
@@ -314,6 +342,18 @@ class Session:
                     self._spool_file.path,
                     self._spool_file.size,
                 )
+
+    def give_up(self) -> p.FinalReply:
+        """The daemon is stopping and the pipeline has not decided: a tempfail (the MTA keeps
+        the message and retries), logged as this message's decision."""
+        if self.message is not None and self._decision is None:
+            self._report(self.message, Decision(Verdict.TEMPFAIL, steps=[_SHUTDOWN]))
+        return final_reply(Verdict.TEMPFAIL, None)
+
+    def _collect_macros(self, message: Message) -> None:
+        """Every stage's macros into the message, a later stage's value winning."""
+        for stage in STAGES:
+            message.macros.update(self.macros.get(bytes((stage,)), {}))
 
     def _failed(self, message: Message, exc: Exception) -> Decision:
         log.exception("%s: pipeline failed: %s", message.queue_id or self.name, exc)
@@ -392,7 +432,14 @@ class Session:
         return open(path, "rb")
 
 
+#: How a message that got no final answer from us ended (the log line's decision).
+ABORTED = "aborted"  # the MTA dropped the transaction: ABORT, a new MAIL or HELO, QUIT
+LOST = "lost"  # the connection ended first
+
 _SPOOL_FAILED = StepResult("spool", "error")
+_HEADER_LIMIT = StepResult("headers", "too large")
+_HEADER_TOO_LARGE = Reply("552", "5.3.4", ("message header too large",))
+_SHUTDOWN = StepResult("shutdown", "grace over")
 _CONTINUE = p.Continue()
 
 
@@ -426,14 +473,26 @@ def log_message(message: Message, decision: Decision, seconds: float) -> None:
     """The one line per message: queue id, client, sender, recipients, size, decision, time
     (from CONNECT for the first message of a connection, from MAIL for later ones)."""
     steps = " ".join(f"{s.name}:{s.outcome}({s.seconds * 1000:.0f}ms)" for s in decision.steps)
-    log.info(
+    filters = f" filters={steps}" if steps else ""
+    _log_line(logging.INFO, message, decision.verdict.value, seconds, filters)
+
+
+def log_unanswered(message: Message, outcome: str, seconds: float) -> None:
+    """The line of a message that ended without our answer: at the default level once it has
+    a recipient; without one at debug level only (Postfix sends ABORT after refused RCPTs)."""
+    _log_line(logging.INFO if message.recipients else logging.DEBUG, message, outcome, seconds)
+
+
+def _log_line(level: int, message: Message, decision: str, seconds: float, extra: str = "") -> None:
+    log.log(
+        level,
         "%s: client=%s from=<%s> rcpts=%d size=%d decision=%s time=%.1fms%s",
         message.queue_id or "NOQUEUE",
         message.client,
         message.sender_address,
         len(message.recipients),
         message.size,
-        decision.verdict.value,
+        decision,
         seconds * 1000,
-        f" filters={steps}" if steps else "",
+        extra,
     )

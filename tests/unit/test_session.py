@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from fakemta import open_session, send, send_message
+from fakemta import message_commands, open_session, send, send_message
 
 from milter_agent import protocol as p
 from milter_agent.message import Message
@@ -280,3 +280,152 @@ def test_one_log_line_per_message(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     for part in ("ABC123:", "client=client.example[192.0.2.1]", "from=<a@example.com>", "rcpts=1"):
         assert part in line
     assert "decision=continue" in line and "size=" in line and "time=" in line
+
+
+def header_of(size: int, name: str = "X-Big") -> tuple[str, str]:
+    """A header that takes ``size`` bytes of the header block (``name:value`` and CRLF)."""
+    return (name, " " + "h" * (size - len(name) - 4))
+
+
+def message_lines(caplog: pytest.LogCaptureFixture, level: str = "INFO") -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "milter_agent.session" and r.levelname == level and " rcpts=" in r.getMessage()
+    ]
+
+
+def test_headers_up_to_the_cap_are_held(tmp_path: Path) -> None:
+    rec = Recorder()
+
+    async def go() -> None:
+        session = make(tmp_path, rec, max_header_size=3000)
+        await open_session(session)
+        headers = (header_of(1000, "X-A"), header_of(2000, "X-B"))  # exactly 3000 bytes
+        assert await send_message(session, headers=headers) == [p.Continue()]
+        assert rec.seen[0].header_size == 3000
+        assert rec.spool_bytes is not None and rec.spool_bytes.index(b"\r\n\r\n") + 2 == 3000
+
+    asyncio.run(go())
+
+
+def test_headers_over_the_cap_reject_the_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    rec = Recorder()
+
+    async def go() -> None:
+        session = make(tmp_path, rec, max_header_size=3000)
+        await open_session(session)
+        headers = (header_of(1000, "X-A"), header_of(2001, "X-B"), header_of(10, "X-C"))
+        out = await send_message(session, headers=headers, queue_id="BIG1")
+        assert out == [p.ReplyCode("552", "5.3.4", ("message header too large",))]
+        assert session.message is None and spooled(tmp_path) == []
+        assert session.conn.phase is p.Phase.SESSION  # the MTA may start the next message
+        assert await send(session, p.Abort()) == []  # what Postfix sends next: no second line
+        assert await send_message(session) == [p.Continue()]
+        assert len(rec.seen) == 1 and rec.seen[0].header_size < 3000
+
+    asyncio.run(go())
+    assert "message header over max_header_size (3000 bytes); message rejected" in caplog.text
+    rejected, delivered = message_lines(caplog)
+    assert "from=<a@example.com> rcpts=1" in rejected
+    assert "decision=reject" in rejected and "filters=headers:too large" in rejected
+    assert "decision=continue" in delivered
+
+
+@pytest.mark.parametrize(
+    ("ending", "outcome"),
+    [
+        ([p.Abort()], "aborted"),
+        ([p.Mail("<next@example.com>")], "aborted"),
+        ([p.Helo("again.example")], "aborted"),
+        ([p.Quit()], "aborted"),
+        ([p.QuitNoClose()], "aborted"),
+        ([], "lost"),  # the connection ends (session.close() below)
+    ],
+)
+def test_a_transaction_with_a_recipient_ending_without_eom_gets_its_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ending: list[p.Command], outcome: str
+) -> None:
+    caplog.set_level("INFO")
+
+    async def go() -> None:
+        session = make(tmp_path, Recorder())
+        await open_session(session)
+        await send(session, p.Mail("<a@example.com>"))
+        await send(session, p.Macro(b"R", {"i": "QIDR"}))
+        for command in (p.Rcpt("<b@example.com>"), p.Data(), p.Header("Subject", " x")):
+            await send(session, command)
+        for command in ending:
+            await send(session, command)
+        session.close()
+        assert spooled(tmp_path) == []
+
+    asyncio.run(go())
+    (line,) = message_lines(caplog)
+    assert line.startswith("QIDR: client=client.example[192.0.2.1] from=<a@example.com> rcpts=1")
+    assert f"decision={outcome} " in line and "size=" in line
+
+
+def test_a_transaction_without_recipients_is_logged_at_debug_level_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+
+    async def go() -> None:
+        session = make(tmp_path, PassThrough())
+        await open_session(session)
+        await send(session, p.Mail("<a@example.com>"))
+        await send(session, p.Abort())  # Postfix refused every RCPT
+        await send(session, p.Abort())  # outside a transaction: nothing to log
+
+    asyncio.run(go())
+    assert message_lines(caplog) == []
+    (line,) = message_lines(caplog, "DEBUG")
+    assert "rcpts=0" in line and "decision=aborted" in line
+
+
+def test_connection_lost_while_the_pipeline_decides_is_logged_as_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the server does when the MTA hangs up during the wait: the decision is cancelled,
+    then the message finished without one."""
+    caplog.set_level("INFO")
+
+    async def go() -> None:
+        session = make(tmp_path, Recorder(delay=10))
+        await open_session(session)
+        for command in message_commands()[:-1]:
+            await send(session, command)
+        assert session.end_of_message(b"") is None  # the pipeline must run: it would wait
+        session.finish_message()
+        assert spooled(tmp_path) == []
+
+    asyncio.run(go())
+    (line,) = message_lines(caplog)
+    assert "QID1: " in line and "decision=lost" in line
+
+
+def test_give_up_tempfails_the_undecided_message_with_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+
+    async def go() -> None:
+        session = make(tmp_path, Recorder(delay=10))
+        await open_session(session)
+        for command in message_commands()[:-1]:
+            await send(session, command)
+        session.conn.receive_data(p.encode_command(p.EndOfMessage()))
+        assert session.conn.next_event() == p.EndOfMessage()
+        assert session.end_of_message(b"") is None
+        reply = session.give_up()
+        assert reply == p.Tempfail()
+        session.conn.send(reply)  # allowed as the answer to end of message
+        session.finish_message()
+
+    asyncio.run(go())
+    (line,) = message_lines(caplog)
+    assert "decision=tempfail" in line and "filters=shutdown:grace over" in line
