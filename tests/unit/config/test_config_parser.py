@@ -696,7 +696,7 @@ def test_a_condition_item_is_not_split_at_a_unicode_blank(blank: str) -> None:
 )
 def test_other_address_lists_are_not_split_at_a_unicode_blank(line: str, reason: str) -> None:
     error = only_error(f"[Address]\nadd_header_name = X\nadd_header_value = y\n{line}\n")
-    assert error.startswith(f"{PATH}:4: {line.split()[0]}: "), error
+    assert error.startswith(f"{PATH}:4: {line.split(maxsplit=1)[0]}: "), error
     assert reason in error, error
 
 
