@@ -29,7 +29,7 @@ from milter_agent.filters.program import run_program_filter
 from milter_agent.filters.results import FilterResult, make_reply
 from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Reply, StepResult, Verdict
-from milter_agent.registry import FilterState, Registry
+from milter_agent.registry import FilterState, NoFreeInstance, Registry
 from milter_agent.spool import Spool
 from milter_agent.work import MessageWork, Refusal, variable_values
 
@@ -124,6 +124,9 @@ class Engine:
                 self._skipped(spec, state, reason, work, decision)
                 return Verdict.CONTINUE, None
             result = await self._execute(spec, work, state)
+        except NoFreeInstance as exc:
+            seconds = time.monotonic() - started
+            return self._no_free_instance(spec, str(exc), seconds, work, decision)
         except FilterError as exc:
             return self._failed(spec, state, str(exc), time.monotonic() - started, decision)
         except Exception as exc:
@@ -163,6 +166,37 @@ class Engine:
                 spec.name,
                 work.message.size,
             )
+
+    def _no_free_instance(
+        self,
+        spec: FilterSpec,
+        reason: str,
+        seconds: float,
+        work: MessageWork,
+        decision: Decision,
+    ) -> tuple[Verdict, Reply | None]:
+        """Every instance (or module worker) stayed busy for task_timeout, so the filter did
+        not run: counted as a queue timeout and a skip, never toward -m. The message is treated
+        as for an error otherwise: tempfailed with -E (unless the filter only monitors), else
+        it goes on without this filter."""
+        state = self.registry.get(spec.name)
+        state.queue_timeouts += 1
+        state.skipped += 1
+        tempfail = self.settings.stop_on_error and spec.mode != "monitor"
+        log.warning(
+            "%s: filter %s: %s (%d running, %d waiting); %s",
+            _queue_id(work),
+            spec.name,
+            reason,
+            state.running,
+            state.waiting,
+            "message tempfailed (-E)" if tempfail else "message goes on without it",
+        )
+        outcome = "tempfail" if tempfail else "skipped"
+        decision.steps.append(StepResult(spec.name, f"{outcome}:no_free_instance", seconds, reason))
+        if tempfail:
+            return Verdict.TEMPFAIL, make_reply(spec, "tempfail", ())
+        return Verdict.CONTINUE, None
 
     def _monitored(
         self,

@@ -16,7 +16,18 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
+from milter_agent.errors import MilterAgentError
+
 log = logging.getLogger("milter_agent.registry")
+
+
+class NoFreeInstance(MilterAgentError):
+    """Every instance of a filter (or every module worker) stayed busy for the whole wait.
+
+    Not a FilterError: the filter never ran for the message, so it has not failed. Counting it
+    toward -m would switch a single-instance scanner off merely for being busy under load; the
+    engine counts it as a queue timeout instead (see ``Engine._no_free_instance``).
+    """
 
 
 #: Upper bounds (seconds) of the duration histogram buckets; the last one is +Inf.
@@ -44,6 +55,9 @@ class FilterState:
     verdicts: Counter[str] = field(default_factory=Counter)
     errors: int = 0
     timeouts: int = 0
+    #: messages that found no free instance (or module worker) in time: apart from
+    #: ``timeouts``, which are runs that took too long and count toward the threshold
+    queue_timeouts: int = 0
     kills: int = 0
     error_count: int = 0  # since last switched on; compared with the threshold
     disabled_reason: str | None = None
@@ -75,13 +89,16 @@ class FilterState:
 
     @contextlib.asynccontextmanager
     async def slot(self, timeout: float) -> AsyncIterator[None]:
-        """Hold one of the filter's ``limit`` instances; waits in arrival order, bounded."""
+        """Hold one of the filter's ``limit`` instances; waits in arrival order, bounded
+        (:class:`NoFreeInstance` after ``timeout`` seconds, 0 = no bound)."""
         slots = self._slots
         if slots is not None:
             self.waiting += 1
             try:
                 async with asyncio.timeout(timeout or None):
                     await slots.acquire()
+            except TimeoutError:
+                raise NoFreeInstance(f"no free instance within {timeout:g}s") from None
             finally:
                 self.waiting -= 1
         self.running += 1
@@ -134,7 +151,7 @@ class FilterState:
         they are not statistics.
         """
         self.runs = self.skipped = self.changes = 0
-        self.errors = self.timeouts = self.kills = 0
+        self.errors = self.timeouts = self.queue_timeouts = self.kills = 0
         self.verdicts.clear()
         self.durations.clear()
         self.histogram = Histogram()

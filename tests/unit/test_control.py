@@ -17,9 +17,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from milter_agent.config.parser import parse_config_text
 from milter_agent.control import client, protocol, stats
+from milter_agent.control.metrics import DaemonCollector, Snapshot
 from milter_agent.control.server import ControlServer
 from milter_agent.registry import FilterState, Registry
 
@@ -330,6 +333,7 @@ def test_filters_output_shows_configuration_then_statistics() -> None:
         "verdicts": {"continue": 2, "reject": 1},
         "errors": 2,
         "timeouts": 0,
+        "queue_timeouts": 4,
         "kills": 0,
         "running": 1,
         "waiting": 2,
@@ -348,11 +352,12 @@ def test_filters_output_shows_configuration_then_statistics() -> None:
     ]
     heading, line = stats_table.splitlines()
     assert heading.split() == [
-        "NAME", "RUNS", "SKIPPED", "VERDICTS", "ERRORS", "TIMEOUTS", "KILLS", "RUNNING",
-        "WAITING", "MEAN_MS", "P95_MS", "MAX_MS", "LAST_RUN", "DISABLED", "WHY", "LAST_ERROR",
+        "NAME", "RUNS", "SKIPPED", "VERDICTS", "ERRORS", "TIMEOUTS", "QUEUE_TIMEOUTS", "KILLS",
+        "RUNNING", "WAITING", "MEAN_MS", "P95_MS", "MAX_MS", "LAST_RUN", "DISABLED", "WHY",
+        "LAST_ERROR",
     ]  # fmt: skip
-    assert line.split(maxsplit=14) == [
-        "scan", "3", "0", "continue=2,reject=1", "2", "0", "0", "1", "2", "1.5", "2.0", "2.0",
+    assert line.split(maxsplit=15) == [
+        "scan", "3", "0", "continue=2,reject=1", "2", "0", "4", "0", "1", "2", "1.5", "2.0", "2.0",
         protocol.local_time(1_800_000_000.0), "True",
         "2 errors (threshold 2); last: killed; by signal  killed by signal SIGKILL",
     ]  # fmt: skip
@@ -376,6 +381,33 @@ def test_p95_is_the_nearest_rank(count: int, expected_ms: float) -> None:
     assert data["p95_ms"] == expected_ms
     assert data["max_ms"] == float(count)
     assert data["mean_ms"] == round((count + 1) / 2, 2)
+
+
+def scrape(snapshot: Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape as {(name, sorted labels): value}, through the text parser."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(DaemonCollector(lambda: snapshot))
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+
+
+def snapshot_of(*filters: tuple[str, FilterState]) -> Snapshot:
+    return Snapshot({}, 0, 0, 0, 1, True, 1.0, filters=list(filters))
+
+
+def test_queue_timeouts_are_shown_apart_from_timeouts_and_reset() -> None:
+    state = FilterState("scan")
+    state.timeouts, state.queue_timeouts = 2, 3
+    data = stats.state_data(state)
+    assert (data["timeouts"], data["queue_timeouts"]) == (2, 3)
+    samples = scrape(snapshot_of(("scan", state)))
+    assert samples[("milter_agent_filter_timeouts_total", (("filter", "scan"),))] == 2
+    assert samples[("milter_agent_filter_queue_timeouts_total", (("filter", "scan"),))] == 3
+    state.reset()
+    assert (state.timeouts, state.queue_timeouts) == (0, 0)
 
 
 def test_command_is_shown_as_shell_words() -> None:

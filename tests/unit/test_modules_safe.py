@@ -28,6 +28,7 @@ from milter_agent.filters.module_pool import (
     WorkerPool,
     resident_memory,
 )
+from milter_agent.registry import NoFreeInstance
 
 REPO = Path(__file__).resolve().parents[2]
 MSG = ModuleMessage("a@example.com", ("b@example.com",), (("Subject", "Hi"),), {"i": "Q1"})
@@ -336,7 +337,7 @@ def test_without_dash_m_hung_workers_keep_their_place_and_other_messages_are_ans
         assert alive(first) and pool.left_pids == [first]
         seen.append(await hang(host))
         assert len(pool.left_pids) == 2 and pool.pids == []  # the pool is full of hung workers
-        with pytest.raises(FilterError) as full:
+        with pytest.raises(NoFreeInstance) as full:  # not a FilterError: it never ran
             await host.call(spec, [], MSG, kill=False)
         seen.append(str(full.value))
         left = pool.left_pids

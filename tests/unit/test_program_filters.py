@@ -136,20 +136,35 @@ def test_no_free_instance_is_not_a_filter_error_and_the_message_goes_on(
     eng = engine(tmp_path, BUSY, "-m", "1")
     d = run_while_busy(eng, message(tmp_path))
     assert d.verdict is Verdict.CONTINUE
-    assert d.steps[0].outcome == "continue" and "no free instance" in d.steps[0].detail
+    assert (d.steps[0].outcome, d.steps[0].detail) == (
+        "skipped:no_free_instance",
+        "no free instance within 1s",
+    )
+    assert d.steps[0].seconds >= 1  # it waited its task_timeout
     state = eng.registry.get("f")
-    assert (state.errors, state.error_count, state.disabled, state.timeouts) == (0, 0, False, 1)
-    assert "filter f: no free instance within 1s" in caplog.text
+    assert (state.errors, state.error_count, state.disabled) == (0, 0, False)
+    assert (state.queue_timeouts, state.timeouts, state.skipped, state.runs) == (1, 0, 1, 0)
+    assert "QID42: filter f: no free instance within 1s (1 running, 0 waiting)" in caplog.text
     assert "message goes on without it" in caplog.text
     d = asyncio.run(eng.run(message(tmp_path)))  # still on, even with -m 1: it runs
-    assert d.steps[0].outcome == "continue" and not d.steps[0].detail.startswith("no free")
+    assert d.steps[0].outcome == "continue" and state.runs == 1
 
 
 def test_no_free_instance_with_E_tempfails_the_message(tmp_path: Path) -> None:
     eng = engine(tmp_path, BUSY, "-E", "-m", "1")
     d = run_while_busy(eng, message(tmp_path))
     assert d.verdict is Verdict.TEMPFAIL and d.reply is not None and d.reply.code == "451"
-    assert eng.registry.get("f").errors == 0
+    assert d.steps[0].outcome == "tempfail:no_free_instance"
+    state = eng.registry.get("f")
+    assert (state.errors, state.queue_timeouts, state.runs) == (0, 1, 0)
+
+
+def test_no_free_instance_for_a_monitor_filter_never_decides_the_message(tmp_path: Path) -> None:
+    eng = engine(tmp_path, BUSY + "mode = monitor\n", "-E", "-m", "1")
+    d = run_while_busy(eng, message(tmp_path))
+    assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "skipped:no_free_instance"
+    state = eng.registry.get("f")
+    assert (state.errors, state.queue_timeouts, state.disabled) == (0, 1, False)
 
 
 # --- repeated names in %h --------------------------------------------------------------------

@@ -112,8 +112,9 @@ HEADINGS = {"disabled_reason": "why", "single_instance": "instances"}
 
 FILTER_CONFIG_COLUMNS = ("name", "kind", "mode", "timeout", "single_instance", "line", "command")
 FILTER_STATS_COLUMNS = (
-    "name", "runs", "skipped", "verdicts", "errors", "timeouts", "kills", "running", "waiting",
-    "mean_ms", "p95_ms", "max_ms", "last_run", "disabled", "disabled_reason", "last_error",
+    "name", "runs", "skipped", "verdicts", "errors", "timeouts", "queue_timeouts", "kills",
+    "running", "waiting", "mean_ms", "p95_ms", "max_ms", "last_run", "disabled",
+    "disabled_reason", "last_error",
 )  # fmt: skip
 ADDRESS_COLUMNS = (
     "name",

@@ -111,6 +111,7 @@ def _filter_metrics(filters: Iterable[tuple[str, FilterState]]) -> Iterator[Metr
         for attr, doc in (
             ("errors", "Filter errors"),
             ("timeouts", "Filter timeouts"),
+            ("queue_timeouts", "Messages that found no free filter instance in time (not errors)"),
             ("kills", "Filter programs killed on timeout"),
             ("skipped", "Messages the filter did not run for"),
         )

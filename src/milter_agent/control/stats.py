@@ -60,6 +60,7 @@ def state_data(state: FilterState) -> dict[str, Any]:
         "verdicts": dict(state.verdicts),
         "errors": state.errors,
         "timeouts": state.timeouts,
+        "queue_timeouts": state.queue_timeouts,
         "kills": state.kills,
         "error_count": state.error_count,
         "disabled": state.disabled,

@@ -196,16 +196,13 @@ async def run_module_filter(
     values = variable_values(work, {variables.FILE: current, **files} if current else files)
     args = variables.expand_all(spec.argv, values)
     message = module_message(work, current)
-    try:
+    try:  # no free instance or worker in time raises NoFreeInstance, which the engine handles
         async with state.slot(spec.timeout):
             outcome = await (host or HOST).call(spec, args, message, settings.allow_kill_module)
     except ModuleTimeout as exc:
         state.timeouts += 1
         state.kills += exc.stopped
         raise
-    except TimeoutError:
-        state.timeouts += 1
-        raise FilterError(f"no free instance within {spec.timeout:g}s") from None
     return module_result(spec, outcome, files, work)
 
 

@@ -37,6 +37,7 @@ from milter_agent.errors import FilterError
 from milter_agent.filters.module_api import ModuleConfig, ModuleMessage
 from milter_agent.filters.module_common import DeadlinePassed, InUse, after_retired, within
 from milter_agent.filters.module_worker import FRAME_HEADER, encode_frame
+from milter_agent.registry import NoFreeInstance
 
 log = logging.getLogger("milter_agent.filters.module")
 
@@ -247,7 +248,9 @@ class WorkerPool:
         try:
             await within(timeout, self._slots.acquire())
         except DeadlinePassed:
-            raise ModuleTimeout(self._no_worker(timeout), stopped=False) from None
+            # every place is held by a busy worker or one left running after a timeout: this
+            # message never ran, which is no error of the filter's (the engine decides)
+            raise NoFreeInstance(self._no_worker(timeout)) from None
         worker: WorkerProcess | None = None
         try:
             worker = await self._take(timeout)

@@ -5,7 +5,9 @@ word expands to exactly one argument whatever the message contains. The program 
 environment with the message facts in ``MILTER_*`` variables, stdin from /dev/null or the
 message, the spool as working directory, and files for its reply (%r), new body (%n) and
 headers (%h). Failures (cannot start, killed by a signal, timeout) raise :class:`FilterError`;
-a spool that cannot take the filter's files (full disk) tempfails the message instead.
+a spool that cannot take the filter's files (full disk) tempfails the message instead, and no
+free instance within the timeout raises :class:`~milter_agent.registry.NoFreeInstance`
+(the engine decides).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from milter_agent import procs, variables
-from milter_agent.config.model import FilterSpec, Settings, Verdict
+from milter_agent.config.model import FilterSpec, Settings
 from milter_agent.errors import FilterError, SpoolError
 from milter_agent.filters.results import (
     FilterResult,
@@ -87,34 +89,10 @@ async def run_program_filter(
                 kill_grace=settings.kill_grace,
                 on_exit=lambda: _remove(files.values()),
             )
-    except TimeoutError:
-        return _no_free_instance(spec, work, state, settings)
     except procs.SpawnError as exc:
         raise FilterError(str(exc)) from None
     _log_stderr(spec.name, result.stderr)
     return _interpret(spec, result, files, work, state)
-
-
-def _no_free_instance(
-    spec: FilterSpec, work: MessageWork, state: FilterState, settings: Settings
-) -> FilterResult:
-    """Every instance stayed busy for ``task_timeout``: the filter never ran, so it has not
-    failed. Counting this toward -m would switch a single-instance scanner off for being
-    busy under load; it is logged and counted as a timeout instead. The message is treated
-    as for an error otherwise: tempfailed with -E, else it goes on without this filter."""
-    state.timeouts += 1
-    verdict: Verdict = "tempfail" if settings.stop_on_error else "continue"
-    log.warning(
-        "%s: filter %s: no free instance within %gs (%d running, %d waiting); %s",
-        work.message.queue_id or "NOQUEUE",
-        spec.name,
-        spec.timeout,
-        state.running,
-        state.waiting,
-        "message tempfailed (-E)" if settings.stop_on_error else "message goes on without it",
-    )
-    note = f"no free instance within {spec.timeout:g}s (not counted as an error)"
-    return FilterResult(verdict, note=note)
 
 
 def _interpret(

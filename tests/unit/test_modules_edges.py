@@ -1,0 +1,114 @@
+"""Module filters at the edges, answered as for program filters: the wait for a free instance
+or worker, a full disk, repeated names in %h, control characters in header values."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from test_modules import make_engine, message, write_module
+
+from milter_agent.engine import Engine
+from milter_agent.filters import module as modules
+from milter_agent.filters.module_pool import WorkerPool
+from milter_agent.message import Message
+from milter_agent.pipeline import Decision, Verdict
+
+
+def with_subject(msg: Message, subject: str) -> Message:
+    """``msg`` with another Subject (what a module sees as ``message.subject``)."""
+    msg.headers = [(n, f" {subject}" if n == "Subject" else v) for n, v in msg.headers]
+    return msg
+
+
+# --- waiting for a free instance or worker ----------------------------------------------------
+
+SLEEPY = """
+import time
+def process_message_by_module(args, message):
+    if message.subject == "hang":
+        time.sleep(2)
+    return 0
+"""
+
+
+def sleepy_engine(tmp_path: Path, *argv: str, safe: bool = False) -> Engine:
+    mod = write_module(tmp_path / "sleepy.py", SLEEPY)
+    text = (
+        f'[Filter]\ntask_name = m\nmodule_name = "{mod}"\nrun_single_instance = 1\n'
+        f"task_timeout = 0.5\nmodule_safe_use = {'yes' if safe else 'no'}\n"
+    )
+    return make_engine(tmp_path, text, *argv)
+
+
+def test_no_free_instance_of_a_module_is_not_a_filter_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    eng = sleepy_engine(tmp_path, "-m", "1")
+
+    async def go() -> list[Decision]:
+        try:
+            async with eng.registry.get("m").slot(0):  # another message holds the one instance
+                busy = await eng.run(message(tmp_path))
+            return [busy, await eng.run(message(tmp_path))]
+        finally:
+            await modules.HOST.close()
+
+    busy, later = asyncio.run(go())
+    assert busy.verdict is Verdict.CONTINUE
+    assert (busy.steps[0].outcome, busy.steps[0].detail) == (
+        "skipped:no_free_instance",
+        "no free instance within 0.5s",
+    )
+    state = eng.registry.get("m")
+    assert (state.errors, state.timeouts, state.queue_timeouts, state.disabled) == (0, 0, 1, False)
+    assert "QID42: filter m: no free instance within 0.5s (1 running, 0 waiting)" in caplog.text
+    assert later.steps[0].outcome == "continue"  # still on with -m 1
+
+
+def hung_then_busy(eng: Engine, tmp_path: Path) -> list[Decision]:
+    """A message that hangs the only worker (left running: no -M), then one that finds no free
+    worker; then wait until the hung worker has exited."""
+
+    async def go() -> list[Decision]:
+        try:
+            hung = await eng.run(with_subject(message(tmp_path), "hang"))
+            busy = await eng.run(message(tmp_path))
+            pool = modules.HOST.loaded["m"]
+            assert isinstance(pool, WorkerPool) and len(pool.left_pids) == 1
+            for _ in range(200):
+                if not pool.left_pids:
+                    break
+                await asyncio.sleep(0.05)
+            return [hung, busy]
+        finally:
+            await modules.HOST.close()
+
+    return asyncio.run(go())
+
+
+def test_no_free_module_worker_is_not_a_filter_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """-m 2: the hang is one error; with the busy worker counted as another, the filter would
+    be switched off."""
+    eng = sleepy_engine(tmp_path, "-m", "2", safe=True)
+    hung, busy = hung_then_busy(eng, tmp_path)
+    assert hung.steps[0].outcome == "error:skipped"
+    assert busy.verdict is Verdict.CONTINUE
+    assert busy.steps[0].outcome == "skipped:no_free_instance"
+    assert busy.steps[0].detail == (
+        "no free module worker within 0.5s (1 of 1 left running after a timeout)"
+    )
+    state = eng.registry.get("m")
+    assert (state.errors, state.timeouts, state.queue_timeouts, state.disabled) == (1, 1, 1, False)
+    assert "filter m: no free module worker within 0.5s" in caplog.text
+
+
+def test_no_free_module_worker_with_E_tempfails_the_message(tmp_path: Path) -> None:
+    eng = sleepy_engine(tmp_path, "-E", safe=True)
+    _, busy = hung_then_busy(eng, tmp_path)
+    assert busy.verdict is Verdict.TEMPFAIL and busy.reply is not None
+    assert (busy.reply.code, busy.steps[0].outcome) == ("451", "tempfail:no_free_instance")
+    assert eng.registry.get("m").errors == 1  # the hang only
