@@ -183,6 +183,7 @@ class Daemon:
             progress_interval=s.progress_interval,
             log_tempfile=s.log_tempfile,
             on_message_done=self._message_done,
+            on_answered=self.counters.waits.append,
         )
 
     def _message_done(self, message: Message, decision: Decision, seconds: float) -> None:
@@ -221,6 +222,7 @@ class Daemon:
             "verdicts": dict(self.counters.verdicts),
             "bytes": self.counters.bytes,
             "stats_since": self.stats_since,
+            "added_latency": stats.added_latency(self.counters),
             **self.spool.usage(),
         }
 

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -166,6 +167,9 @@ class MilterProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None  # end of message, waiting for the pipeline
         self._progress: asyncio.TimerHandle | None = None
+        self._busy = 0.0  # seconds spent in the milter on the current message so far
+        self._answered = False  # an end of message was answered in this read callback
+        self._eom_at = 0.0  # when a waiting end of message arrived
         self._write_ready: asyncio.Future[None] | None = None
         self._last_data = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -185,8 +189,24 @@ class MilterProtocol(asyncio.Protocol):
             self._timer = self.loop.call_later(self.server.io_timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
+        started = time.perf_counter()
         self._last_data = self.loop.time()
         self._feed(data)
+        if self._task is None:
+            self._busy += time.perf_counter() - started
+            if self._answered:
+                self._answered = False
+                self._count_busy()
+        else:  # up to the end of message that waits: it counts its own time from there on
+            self._busy += max(0.0, self._eom_at - started)
+
+    def _count_busy(self) -> None:
+        """The time this message spent in the milter, from reading each command to writing
+        its answer (from CONNECT on for a connection's first message): what we add to the
+        MTA's own latency."""
+        if self.session.services.on_answered is not None:
+            self.session.services.on_answered(self._busy)
+        self._busy = 0.0
 
     def eof_received(self) -> bool | None:
         self._feed(b"")
@@ -253,12 +273,15 @@ class MilterProtocol(asyncio.Protocol):
                 if isinstance(answer, p.Response):
                     out += conn.send(answer)
                     session.finish_message()
+                    self._answered = True
                 elif answer is not None and answer.changes.new_body is None:
                     out += self._encode(session.responses(answer))
                     session.finish_message()
+                    self._answered = True
                 else:
                     self._write(out)
                     self._task = self.loop.create_task(self._end_of_message(answer))
+                    self._eom_at = time.perf_counter()
                     return
             else:
                 reply = session.respond(event)
@@ -323,6 +346,8 @@ class MilterProtocol(asyncio.Protocol):
                 await self._writable()
         self.session.finish_message()  # files gone before the MTA hears the answer
         self._write(out)
+        self._busy += time.perf_counter() - self._eom_at
+        self._count_busy()
 
     async def _writable(self) -> None:
         if self._write_ready is None:

@@ -44,6 +44,8 @@ class Services:
     progress_interval: float = 5.0
     log_tempfile: bool = False
     on_message_done: Callable[[Message, Decision, float], None] | None = None
+    #: called with the seconds a message spent in the milter, once its answer is out
+    on_answered: Callable[[float], None] | None = None
     max_header_size: int = 1024 * 1024
 
 

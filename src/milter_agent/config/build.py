@@ -327,7 +327,7 @@ def _build_filter(r: _Reader, settings: Settings) -> FilterSpec | None:
         error_threshold=r.one("error_threshold", v.parse_count),
         stdin=r.get("stdin", _stdin, "none"),
         mode=r.get("mode", _mode, "enforce"),
-        max_message_size=r.one("max_message_size", _positive_size),
+        max_message_size=r.one("max_message_size", v.parse_positive_size),
         error_cooldown=r.get("error_cooldown", v.parse_seconds, 0.0),
     )
     _check_filter(r, spec, codes)
@@ -350,13 +350,6 @@ def _stdin(text: str) -> Literal["none", "message"]:
 
 def _mode(text: str) -> Literal["enforce", "monitor"]:
     return "monitor" if v.parse_choice(text, ("enforce", "monitor")) == "monitor" else "enforce"
-
-
-def _positive_size(text: str) -> int:
-    size = v.parse_size(text)
-    if size == 0:
-        raise ValueError("must be more than 0 bytes")
-    return size
 
 
 def _argv(r: _Reader, is_module: bool) -> tuple[ArgTemplate, ...]:

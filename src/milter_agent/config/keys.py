@@ -169,6 +169,18 @@ _SETTING_ROWS = (
         "seconds between progress packets to the MTA while filters run",
     ),
     SettingKey(
+        "shutdown_grace",
+        v.parse_seconds,
+        v.format_number,
+        "on SIGTERM or SIGINT, seconds the messages in flight have to finish",
+    ),
+    SettingKey(
+        "max_header_size",
+        v.parse_positive_size,
+        str,
+        "most header bytes held per message (k, M suffixes); a message over it is rejected",
+    ),
+    SettingKey(
         "notice_cmd",
         v.parse_command,
         v.format_command,

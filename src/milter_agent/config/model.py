@@ -82,6 +82,8 @@ class Settings:
     pid_file: str | None = None
     kill_grace: float = 5.0
     progress_interval: float = 5.0
+    shutdown_grace: float = 30.0
+    max_header_size: int = 1024 * 1024
     notice_cmd: tuple[str, ...] | None = None
     notice_idle: float = 0.0
     admin_group: str | None = None

@@ -177,6 +177,13 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 
+def parse_positive_size(text: str) -> int:
+    size = parse_size(text)
+    if size == 0:
+        raise ValueError("must be more than 0 bytes")
+    return size
+
+
 def parse_exit_codes(text: str) -> frozenset[int]:
     """Space-separated exit codes 0-255; ``a-b`` is a range. Split like every list value (at
     ASCII blanks only), so ``1\x852`` is a bad code, not the two codes 1 and 2."""

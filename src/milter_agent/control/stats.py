@@ -6,7 +6,7 @@ import math
 import shlex
 import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,14 +25,30 @@ class MessageCounters:
     verdicts: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
 
+    #: seconds each of the latest messages spent in the milter (see MilterProtocol)
+    waits: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
     def reset(self) -> None:
         self.messages = self.bytes = 0
         self.verdicts.clear()
+        self.waits.clear()
 
     def count(self, verdict: str, size: int) -> None:
         self.messages += 1
         self.verdicts[verdict] += 1
         self.bytes += size
+
+
+def added_latency(counters: MessageCounters) -> dict[str, float | int]:
+    """Percentiles of the time the latest messages (at most 10,000) spent in the milter."""
+    values = sorted(counters.waits)
+    if not values:
+        return {"messages": 0}
+    out: dict[str, float | int] = {"messages": len(values)}
+    for name, fraction in (("p50_ms", 0.5), ("p99_ms", 0.99)):
+        out[name] = round(values[nearest_rank(len(values), fraction)] * 1000, 3)
+    out["max_ms"] = round(values[-1] * 1000, 3)
+    return out
 
 
 def nearest_rank(count: int, fraction: float) -> int:

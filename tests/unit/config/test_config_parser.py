@@ -171,6 +171,10 @@ GLOBAL_CASES = [
     ("pid_file = /run/ma.pid", "pid_file", "/run/ma.pid"),
     ("kill_grace = 1.5", "kill_grace", 1.5),
     ("progress_interval = 10", "progress_interval", 10.0),
+    ("shutdown_grace = 2.5", "shutdown_grace", 2.5),
+    ("shutdown_grace = 0", "shutdown_grace", 0.0),
+    ("max_header_size = 256k", "max_header_size", 256 * 1024),
+    ("max_header_size = 2000000", "max_header_size", 2_000_000),
     (
         "notice_cmd = \"/usr/bin/logger -t 'milter agent'\"",
         "notice_cmd",
@@ -211,6 +215,7 @@ def test_seed_defaults() -> None:
     assert settings.socket_mode == 0o660
     assert settings.default_action == "tempfail"
     assert settings.kill_grace == 5 and settings.progress_interval == 5
+    assert settings.shutdown_grace == 30 and settings.max_header_size == 1024 * 1024
     switches = [name for name, value in vars(settings).items() if isinstance(value, bool) and value]
     assert switches == []  # "by default all options are disabled"
 
@@ -225,6 +230,9 @@ def test_seed_defaults() -> None:
         ("io_timeout = -1", "0 or more"),
         ("io_timeout = inf", "finite"),
         ("progress_interval = 0", "more than 0"),
+        ("shutdown_grace = -1", "0 or more"),
+        ("max_header_size = 0", "more than 0 bytes"),
+        ("max_header_size = lots", "size in bytes"),
         ("socket = tcp:25", "unknown socket type"),
         ("socket = unix:relative", "absolute path"),
         ("socket = inet:99999@host", "port"),

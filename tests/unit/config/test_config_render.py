@@ -44,6 +44,8 @@ log_target = stderr
 pid_file = /run/ma.pid
 kill_grace = 0.5
 progress_interval = 7
+shutdown_grace = 0.5
+max_header_size = 262144
 notice_cmd = "/usr/bin/logger -t 'milter agent' --id=%x"
 notice_idle = 3600
 admin_group = wheel
