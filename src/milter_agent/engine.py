@@ -10,6 +10,10 @@ Rules of the chain (the seed's, with the decisions in docs/configuration.md):
   what it would have done is logged and counted as ``monitor:VERDICT``. Its errors are logged
   and counted (``monitor:error``, and toward the threshold) but never decide the message, even
   with -E.
+- No free instance (or module worker) within task_timeout is no filter error: the filter did
+  not run. It is counted as a queue timeout and skipped, or with -E the message is tempfailed.
+- A spool failure under a filter (a full disk) is not its error either: the message is
+  tempfailed with 452 4.3.1, counted as a run of that filter with the verdict tempfail.
 - Changes are applied to the working copy as they come, so later sections see them, and sent as
   milter actions at the end only if the message is delivered (continue or accept).
 """
@@ -22,11 +26,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from milter_agent.config.model import AddressRule, Config, FilterSpec
-from milter_agent.errors import FilterError
+from milter_agent.errors import FilterError, SpoolError
 from milter_agent.filters.address import apply_address_rule
 from milter_agent.filters.module import run_module_filter
 from milter_agent.filters.program import run_program_filter
-from milter_agent.filters.results import FilterResult, make_reply
+from milter_agent.filters.results import FilterResult, make_reply, spool_failed
 from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Reply, StepResult, Verdict
 from milter_agent.registry import FilterState, NoFreeInstance, Registry
@@ -127,6 +131,10 @@ class Engine:
         except NoFreeInstance as exc:
             seconds = time.monotonic() - started
             return self._no_free_instance(spec, str(exc), seconds, work, decision)
+        except SpoolError as exc:
+            # A full disk under the filter (its files, the rewritten message, a new body) is
+            # not its fault: a run with the verdict tempfail (452 4.3.1), not a filter error.
+            result = spool_failed(spec.name, _queue_id(work), exc)
         except FilterError as exc:
             return self._failed(spec, state, str(exc), time.monotonic() - started, decision)
         except Exception as exc:

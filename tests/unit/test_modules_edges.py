@@ -4,16 +4,21 @@ or worker, a full disk, repeated names in %h, control characters in header value
 from __future__ import annotations
 
 import asyncio
+import resource
 from pathlib import Path
 
 import pytest
+from test_engine import leftovers
 from test_modules import make_engine, message, write_module
+from test_program_filters import assert_spool_tempfail
 
 from milter_agent.engine import Engine
+from milter_agent.errors import SpoolError
 from milter_agent.filters import module as modules
 from milter_agent.filters.module_pool import WorkerPool
 from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Verdict
+from milter_agent.spool import Spool
 
 
 def with_subject(msg: Message, subject: str) -> Message:
@@ -112,3 +117,80 @@ def test_no_free_module_worker_with_E_tempfails_the_message(tmp_path: Path) -> N
     assert busy.verdict is Verdict.TEMPFAIL and busy.reply is not None
     assert (busy.reply.code, busy.steps[0].outcome) == ("451", "tempfail:no_free_instance")
     assert eng.registry.get("m").errors == 1  # the hang only
+
+
+# --- a full disk ----------------------------------------------------------------------------------
+
+BIG_BODY = """
+from milter_agent.filters.module_api import ModuleResult
+def process_message_by_module(args, message):
+    return ModuleResult(new_body=b"x" * (256 * 1024))
+"""
+
+
+def run_module(tmp_path: Path, source: str, extra: str = "", *argv: str) -> tuple[Engine, Decision]:
+    mod = write_module(tmp_path / "mod.py", source)
+    eng = make_engine(tmp_path, f'[Filter]\ntask_name = m\nmodule_name = "{mod}"\n{extra}', *argv)
+
+    async def go() -> Decision:
+        try:
+            return await eng.run(message(tmp_path))
+        finally:
+            await modules.HOST.close()
+
+    return eng, asyncio.run(go())
+
+
+def test_no_room_for_a_modules_files_tempfails_without_a_filter_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def full(self: Spool, suffix: str) -> Path:
+        raise SpoolError(f"cannot create a file in {self.directory}: No space left on device")
+
+    monkeypatch.setattr(Spool, "create_empty", full)
+    eng, d = run_module(
+        tmp_path, "def process_message_by_module(a, m):\n    return 0\n", 'exec_cmd = "%r"\n'
+    )
+    assert [s.outcome for s in d.steps] == ["tempfail"]
+    assert_spool_tempfail(eng, d, "m")
+    assert "QID42: filter m: cannot create a file in" in caplog.text
+    assert "message tempfailed" in caplog.text
+
+
+def test_a_new_body_the_spool_cannot_take_tempfails_without_a_filter_error(
+    tmp_path: Path,
+) -> None:
+    """A real write failure (RLIMIT_FSIZE; Python ignores SIGXFSZ), as a full disk would."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        eng, d = run_module(tmp_path, BIG_BODY, "", "-B")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert_spool_tempfail(eng, d, "m")
+    assert "cannot write the module's new body" in d.steps[0].detail
+    assert leftovers(tmp_path, d) == []
+
+
+def test_a_monitor_modules_spool_failure_lets_the_message_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: Spool, suffix: str) -> Path:
+        raise SpoolError("cannot create a file: No space left on device")
+
+    monkeypatch.setattr(Spool, "create_empty", full)
+    source = "def process_message_by_module(a, m):\n    return 0\n"
+    eng, d = run_module(tmp_path, source, 'exec_cmd = "%h"\nmode = monitor\n', "-E")
+    assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "monitor:tempfail"
+    assert eng.registry.get("m").errors == 0
+
+
+def test_a_module_that_removes_its_body_file_changed_nothing(tmp_path: Path) -> None:
+    source = "import os\ndef process_message_by_module(args, m):\n    os.unlink(args[0])\n"
+    eng, d = run_module(tmp_path, source, 'exec_cmd = "%n"\n', "-B")
+    assert (d.verdict, d.steps[0].outcome, d.changes.new_body) == (
+        Verdict.CONTINUE,
+        "continue",
+        None,
+    )
+    assert eng.registry.get("m").errors == 0

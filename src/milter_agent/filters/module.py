@@ -27,7 +27,7 @@ from milter_agent import variables
 from milter_agent.conditions import check_address
 from milter_agent.config.model import FilterSpec, Settings
 from milter_agent.config.values import check_header_value, parse_header_name, parse_reply_code
-from milter_agent.errors import FilterError
+from milter_agent.errors import FilterError, SpoolError
 from milter_agent.filters.module_api import ModuleConfig, ModuleMessage, ModuleResult
 from milter_agent.filters.module_load import module_file
 from milter_agent.filters.module_local import LocalModule
@@ -36,6 +36,7 @@ from milter_agent.filters.module_threads import ThreadPool
 from milter_agent.filters.results import (
     MAX_HEADER_VALUE,
     FilterResult,
+    body_file_written,
     parse_header_lines,
     read_text,
     text_lines,
@@ -282,11 +283,16 @@ def _reply_code(outcome: ModuleResult) -> str | None:
 
 def _new_body(body: bytes | None, body_file: Path | None, work: MessageWork) -> Path | None:
     """The new body as a spool file the engine takes over: the module's bytes (line ends made
-    CRLF), else a non-empty %n file."""
+    CRLF), else a non-empty %n file (read as for programs: a removed one is no change). A spool
+    that cannot take the bytes (full disk) raises SpoolError: the engine tempfails the
+    message."""
     if body:
         path = work.temp_file("body")
-        path.write_bytes(_LONE_LF.sub(b"\r\n", body))
-    elif body_file is not None and body_file.stat().st_size > 0:
+        try:
+            path.write_bytes(_LONE_LF.sub(b"\r\n", body))
+        except OSError as exc:  # the half-written file goes with the message's other files
+            raise SpoolError(f"cannot write the module's new body: {exc}") from exc
+    elif body_file is not None and body_file_written(body_file):
         path = body_file
     else:
         return None

@@ -4,29 +4,28 @@ The command line is a list of words (split like a shell at load time, never run 
 word expands to exactly one argument whatever the message contains. The program gets a clean
 environment with the message facts in ``MILTER_*`` variables, stdin from /dev/null or the
 message, the spool as working directory, and files for its reply (%r), new body (%n) and
-headers (%h). Failures (cannot start, killed by a signal, timeout) raise :class:`FilterError`;
-a spool that cannot take the filter's files (full disk) tempfails the message instead, and no
-free instance within the timeout raises :class:`~milter_agent.registry.NoFreeInstance`
-(the engine decides).
+headers (%h). Failures (cannot start, killed by a signal, timeout) raise :class:`FilterError`.
+A spool that cannot take the filter's files (full disk) raises :class:`SpoolError` and no free
+instance within the timeout :class:`~milter_agent.registry.NoFreeInstance`: the engine answers
+both for every kind of filter, neither as the filter's error.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from milter_agent import procs, variables
 from milter_agent.config.model import FilterSpec, Settings
-from milter_agent.errors import FilterError, SpoolError
+from milter_agent.errors import FilterError
 from milter_agent.filters.results import (
     FilterResult,
+    body_file_written,
     header_file_changes,
     parse_header_lines,
     read_text,
-    spool_failed,
     text_lines,
 )
 from milter_agent.registry import FilterState
@@ -70,11 +69,8 @@ def program_environment(
 async def run_program_filter(
     spec: FilterSpec, work: MessageWork, state: FilterState, settings: Settings
 ) -> FilterResult:
-    try:
-        files = {name: work.temp_file(_SUFFIX[name]) for name in spec.required_files}
-        current = work.current_file()
-    except SpoolError as exc:
-        return spool_failed(spec.name, work.message.queue_id or "NOQUEUE", exc)
+    files = {name: work.temp_file(_SUFFIX[name]) for name in spec.required_files}
+    current = work.current_file()
     values = variable_values(work, {variables.FILE: current, **files} if current else files)
     argv = variables.expand_all(spec.argv, values)
     try:
@@ -118,7 +114,7 @@ def _interpret(
         text = text_lines(first)
     outcome = FilterResult(verdict, text, note=_note(result))
     body = files.get(variables.BODY_FILE)
-    if body is not None and _new_body(body):
+    if body is not None and body_file_written(body):
         work.release(body)
         outcome.new_body = body
     headers, problems = parse_header_lines(read_text(files.get(variables.HEADER_FILE)))
@@ -128,21 +124,6 @@ def _interpret(
     for problem in problems:
         log.warning("filter %s: header file %s", spec.name, problem)
     return outcome
-
-
-def _new_body(path: Path) -> bool:
-    """True if the filter wrote a new body into ``path``: a non-empty regular file. Removed
-    or left empty means no change; anything else would be streamed to the MTA as the body,
-    so it is the filter's failure."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise FilterError(f"cannot read its body file {path.name}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise FilterError(f"its body file {path.name} is not a regular file")
-    return info.st_size > 0
 
 
 def _remove(paths: Iterable[Path]) -> None:

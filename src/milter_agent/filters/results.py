@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,21 @@ def read_text(path: Path | None) -> str:
         return ""
     except OSError as exc:
         raise FilterError(f"cannot read its output file {path.name}: {exc.strerror}") from None
+
+
+def body_file_written(path: Path) -> bool:
+    """True if the filter wrote a new body into its ``%n`` file: a non-empty regular file.
+    Removed or left empty means no change; anything else would be streamed to the MTA as the
+    body, so it is the filter's failure."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise FilterError(f"cannot read its body file {path.name}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise FilterError(f"its body file {path.name} is not a regular file")
+    return info.st_size > 0
 
 
 def lines_of(text: str) -> list[str]:
