@@ -77,6 +77,8 @@ from tests.support.daemon import DaemonError, MilterAgentDaemon  # noqa: E402
 from tests.support.postfix import PostfixInstance, find_postfix_tool  # noqa: E402
 from tests.support.util import free_port, make_traversable, wait_until  # noqa: E402
 
+from milter_agent.control.client import ask  # noqa: E402
+
 OUT = RESULTS_DIR / "mta"
 DOC_SECTION = "mta"
 PEERS = HERE / "peers"
@@ -305,16 +307,30 @@ class Milter:
                 worst = code
         return worst
 
-    def latencies(self, log_mark: int, warmup: int) -> list[float]:
-        """Seconds per measured message, at the milter (empty if it does not tell): the
-        daemon's log lines after ``log_mark``; the peers' records (every message, in order of
-        completion) after the warm-up ones. Call after stop()."""
+    def latencies(self, log_mark: int, warmup: int) -> tuple[list[float], list[float]]:
+        """Seconds per measured message at the milter, CONNECT to verdict and time spent in
+        the milter (empty if it does not tell): milter-agent's log lines after ``log_mark``
+        (its time in the milter comes from added_latency()); the peers' records (every
+        message, in order of completion) after the warm-up ones. Call after stop()."""
         if self.agent is not None:
             text = self.agent.log_text()[log_mark:]
-            return [float(m.group(2)) / 1000 for m in LOG_TIME.finditer(text)]
-        if self.latency_file.exists():
-            return [int(x) / 1e6 for x in self.latency_file.read_text().split()][warmup:]
-        return []
+            return [float(m.group(2)) / 1000 for m in LOG_TIME.finditer(text)], []
+        if not self.latency_file.exists():
+            return [], []
+        rows = [line.split() for line in self.latency_file.read_text().splitlines()][warmup:]
+        return [int(r[0]) / 1e6 for r in rows], [int(r[1]) / 1e6 for r in rows]
+
+    def reset_stats(self) -> None:
+        """milter-agent: forget the warm-up in its own statistics."""
+        if self.agent is not None:
+            ask(self.agent.control_spec, "reset-stats")
+
+    def added_latency(self) -> dict[str, float | None] | None:
+        """milter-agent's own percentiles of the time messages spent in it (None: a peer)."""
+        if self.agent is None:
+            return None
+        data = ask(self.agent.control_spec, "status")["added_latency"]
+        return {"added_p50_ms": data.get("p50_ms"), "added_p99_ms": data.get("p99_ms")}
 
     def log_mark(self) -> int:
         return len(self.agent.log_text()) if self.agent is not None else 0
@@ -398,6 +414,9 @@ class Rig:
             if self.sink.poll() is None:
                 self.sink.kill()
 
+    def sink_pids(self) -> list[int]:
+        return [self.sink.pid] if self.sink is not None else []
+
     def postfix_pids(self) -> list[int]:
         master = self.postfix._master_pid()
         return [master] if master else []
@@ -467,6 +486,7 @@ class RunResult:
     scenario: str
     transport: str
     size: str
+    sessions: int
     round: int
     messages: int
     seconds: float
@@ -477,9 +497,10 @@ class RunResult:
     rest_cpu_per_1000: float  # the sink and smtp-source
     machine_cpu_per_1000: float
     other_cores: float
-    latency_p50_ms: float | None
-    latency_p99_ms: float | None
-    latency_max_ms: float | None
+    added_p50_ms: float | None  # time a message spent in the milter
+    added_p99_ms: float | None
+    span_p50_ms: float | None  # CONNECT to the verdict, at the milter
+    span_p99_ms: float | None
     peak_rss_mib: float
     errors: list[str] = field(default_factory=list)
 
@@ -490,13 +511,32 @@ class Plan:
     warmup: int
     rounds: int
     time_limit: float
+    sessions: int = SESSIONS
+
+
+@dataclass
+class Readings:
+    """CPU of the milter's process tree, Postfix's and the sink's, and the whole machine's."""
+
+    milter: ProcStat
+    postfix: ProcStat
+    sink: ProcStat
+    machine: MachineStat
+
+    @classmethod
+    def take(cls, rig: Rig, roots: Sequence[int]) -> Readings:
+        return cls(
+            tree_stat(roots),
+            tree_stat(rig.postfix_pids()),
+            tree_stat(rig.sink_pids()),
+            MachineStat.read(),
+        )
 
 
 def run_once(
     rig: Rig, scenario: Scenario, transport: str, size_key: str, round_no: int, plan: Plan
 ) -> RunResult:
     count = plan.messages[size_key]
-    size = SIZES[size_key]
     workdir = Path(tempfile.mkdtemp(prefix=f"{scenario.key}-", dir=rig.workroot))
     make_traversable(workdir)
     milter: Milter | None = None
@@ -506,17 +546,20 @@ def run_once(
         if scenario.kind != "postfix":
             milter = Milter(scenario, transport, workdir, rig.milter_socket(transport))
             milter.start()
-        _warm_up(rig, port, plan, size)
+        _warm_up(rig, port, plan, SIZES[size_key])
+        if milter is not None:
+            milter.reset_stats()
         roots = milter.roots() if milter else []
         mark = rig.postfix.log_mark()
         log_mark = milter.log_mark() if milter else 0
-        before = (tree_stat(roots), tree_stat(rig.postfix_pids()), MachineStat.read())
+        before = Readings.take(rig, roots)
         started = time.monotonic()
-        load = smtp_source(port, count, size, SESSIONS, plan.time_limit)
+        load = smtp_source(port, count, SIZES[size_key], plan.sessions, plan.time_limit)
         _wait_relayed(rig, mark, count, started + plan.time_limit)
         seconds = time.monotonic() - started
-        after = (tree_stat(roots), tree_stat(rig.postfix_pids()), MachineStat.read())
+        after = Readings.take(rig, roots)
         rss = peak_rss_kib(roots + descendants(roots)) / 1024 if milter else 0.0
+        added = milter.added_latency() if milter else None
         if load.code != 0:
             errors.append(f"smtp-source exit {load.code}: {load.stderr.strip()[-300:]}")
         sent, failed = rig.delivered(mark)
@@ -528,68 +571,58 @@ def run_once(
         code = milter.stop() if milter else 0
     if code not in (0, None):
         errors.append(f"milter exit code {code}")
-    lat = sorted(milter.latencies(log_mark, plan.warmup)) if milter else []
-    return _result(
-        scenario,
-        transport,
-        size_key,
-        round_no,
-        count,
-        seconds,
-        before,
-        after,
-        load.cpu,
-        lat,
-        rss,
-        errors,
-    )
-
-
-def _result(
-    scenario: Scenario,
-    transport: str,
-    size_key: str,
-    round_no: int,
-    count: int,
-    seconds: float,
-    before: tuple[ProcStat, ProcStat, MachineStat],
-    after: tuple[ProcStat, ProcStat, MachineStat],
-    client_cpu: float,
-    lat: list[float],
-    rss: float,
-    errors: list[str],
-) -> RunResult:
-    per_k = 1000 / count
-    milter_own = after[0].own - before[0].own
-    milter_children = after[0].children - before[0].children
-    postfix = (after[1].own + after[1].children) - (before[1].own + before[1].children)
-    machine_busy = after[2].busy - before[2].busy
-    sink = 0.0  # the sink's CPU is inside "other": it is not our child tree
-    other = machine_busy - milter_own - milter_children - postfix - client_cpu - sink
-
-    def ms(q: float) -> float | None:
-        return round(percentile(lat, q) * 1000, 2) if lat else None
-
+    spans, peer_added = milter.latencies(log_mark, plan.warmup) if milter else ([], [])
+    data: dict[str, Any] = {
+        **_cpu(before, after, load.cpu, count, seconds),
+        **_latency("span", spans),
+        **(added or _latency("added", peer_added)),
+    }
     return RunResult(
         scenario=scenario.key,
         transport=transport,
         size=size_key,
+        sessions=plan.sessions,
         round=round_no,
         messages=count,
         seconds=round(seconds, 3),
         messages_per_s=count / seconds,
-        milter_cpu_per_1000=milter_own * per_k,
-        children_cpu_per_1000=milter_children * per_k,
-        postfix_cpu_per_1000=postfix * per_k,
-        rest_cpu_per_1000=client_cpu * per_k,
-        machine_cpu_per_1000=machine_busy * per_k,
-        other_cores=max(0.0, other) / seconds,
-        latency_p50_ms=ms(50),
-        latency_p99_ms=ms(99),
-        latency_max_ms=round(lat[-1] * 1000, 2) if lat else None,
-        peak_rss_mib=round(rss, 1),
         errors=errors,
+        peak_rss_mib=round(rss, 1),
+        **data,
     )
+
+
+def _cpu(
+    before: Readings, after: Readings, client_cpu: float, count: int, seconds: float
+) -> dict[str, float]:
+    per_k = 1000 / count
+
+    def spent(attr: str) -> float:
+        a, b = getattr(after, attr), getattr(before, attr)
+        return float((a.own + a.children) - (b.own + b.children))
+
+    milter_own = after.milter.own - before.milter.own
+    milter_children = after.milter.children - before.milter.children
+    postfix, sink = spent("postfix"), spent("sink")
+    machine_busy = after.machine.busy - before.machine.busy
+    other = machine_busy - milter_own - milter_children - postfix - sink - client_cpu
+    return {
+        "milter_cpu_per_1000": milter_own * per_k,
+        "children_cpu_per_1000": milter_children * per_k,
+        "postfix_cpu_per_1000": postfix * per_k,
+        "rest_cpu_per_1000": (client_cpu + sink) * per_k,
+        "machine_cpu_per_1000": machine_busy * per_k,
+        "other_cores": max(0.0, other) / seconds,
+    }
+
+
+def _latency(prefix: str, values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+
+    def ms(q: float) -> float | None:
+        return round(percentile(ordered, q) * 1000, 2) if ordered else None
+
+    return {f"{prefix}_p50_ms": ms(50), f"{prefix}_p99_ms": ms(99)}
 
 
 def _warm_up(rig: Rig, port: int, plan: Plan, size: int) -> None:
@@ -687,18 +720,19 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("milter_cpu_per_1000", "milter CPU s/1000", 2),
     ("children_cpu_per_1000", "children CPU s/1000", 2),
     ("postfix_cpu_per_1000", "Postfix CPU s/1000", 2),
-    ("latency_p50_ms", "p50 ms", 2),
-    ("latency_p99_ms", "p99 ms", 2),
+    ("added_p50_ms", "in milter p50 ms", 2),
+    ("added_p99_ms", "in milter p99 ms", 2),
+    ("span_p50_ms", "CONNECT-verdict p50 ms", 1),
     ("peak_rss_mib", "peak RSS MiB", 1),
     ("other_cores", "other load (cores)", 2),
 )
 
 
 def _paired(runs: Sequence[RunResult]) -> Iterator[tuple[RunResult, RunResult | None]]:
-    """Each run with the Postfix-alone run of the same size and round."""
-    base = {(r.size, r.round): r for r in runs if r.scenario == BASELINE}
+    """Each run with the Postfix-alone run of the same size, sessions and round."""
+    base = {(r.size, r.sessions, r.round): r for r in runs if r.scenario == BASELINE}
     for r in runs:
-        yield r, base.get((r.size, r.round))
+        yield r, base.get((r.size, r.sessions, r.round))
 
 
 def _derived(r: RunResult, base: RunResult | None) -> dict[str, float]:
@@ -720,9 +754,10 @@ def _derived(r: RunResult, base: RunResult | None) -> dict[str, float]:
 def summarise(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
     derived = {id(r): _derived(r, b) for r, b in _paired(runs)}
     rows: list[dict[str, Any]] = []
-    groups = dict.fromkeys((r.size, r.scenario, r.transport) for r in runs)
-    for size, key, transport in groups:
-        mine = [r for r in runs if (r.size, r.scenario, r.transport) == (size, key, transport)]
+    groups = dict.fromkeys((r.size, r.sessions, r.scenario, r.transport) for r in runs)
+    for group in groups:
+        size, sessions, key, transport = group
+        mine = [r for r in runs if (r.size, r.sessions, r.scenario, r.transport) == group]
         values: dict[str, list[float]] = {}
         for r in mine:
             data = {**asdict(r), **derived[id(r)]}
@@ -732,6 +767,7 @@ def summarise(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "size": size,
+                "sessions": sessions,
                 "scenario": key,
                 "transport": transport,
                 "title": SCENARIOS[key].title,
@@ -747,11 +783,12 @@ def summarise(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
 def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
     head = ["scenario", "socket", *(t for _n, t, _d in METRICS), "disturbed runs"]
     parts = []
-    for size in dict.fromkeys(r["size"] for r in rows):
-        mine = [r for r in rows if r["size"] == size]
+    for size, sessions in dict.fromkeys((r["size"], r["sessions"]) for r in rows):
+        mine = [r for r in rows if (r["size"], r["sessions"]) == (size, sessions)]
         parts.append(
-            f"**{size.upper().replace('K', ' KB').replace('M', ' MB')} messages** "
-            f"({mine[0]['messages_per_run']:,} per run, {SESSIONS} sessions)\n"
+            f"**{size.upper().replace('K', ' KB').replace('M', ' MB')} messages, "
+            + ("1 session (sequential)" if sessions == 1 else f"{sessions} sessions")
+            + f"** ({mine[0]['messages_per_run']:,} per run)\n"
         )
         parts.append("| " + " | ".join(head) + " |")
         parts.append("|" + "---|" * len(head))
@@ -789,6 +826,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3 for 4k, 2 for 1m)")
     ap.add_argument("--messages", type=int, help="messages per run (default 3000 / 300)")
     ap.add_argument("--no-memory", action="store_true", help="skip the 100 x 10 MB scenario")
+    ap.add_argument("--no-sequential", action="store_true", help="skip the 1-session runs")
     ap.add_argument("--out", type=Path, help=f"results directory (default {OUT})")
     ap.add_argument("--update-docs", action="store_true", help="put the tables in the docs")
     args = ap.parse_args(argv)
@@ -803,14 +841,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def plans(args: argparse.Namespace) -> dict[str, Plan]:
-    if args.quick:
-        return {s: Plan({"4k": 20, "1m": 4}, 2, 1, 60.0) for s in args.size_keys}
-    defaults = {"4k": (3000, 3), "1m": (300, 2)}
-    return {
-        s: Plan({s: args.messages or defaults[s][0]}, 20, args.rounds or defaults[s][1], 300.0)
-        for s in args.size_keys
-    }
+#: Scenarios that also run with one session at a time: latency without queueing.
+SEQUENTIAL = ("postfix", "pass", "c-pass", "pym-pass")
+
+
+def plans(args: argparse.Namespace) -> list[tuple[str, Plan, list[str]]]:
+    """(size, plan, scenarios) in the order they run: 20 sessions per size, then sequential."""
+    quick = args.quick
+    counts = (
+        {"4k": 20, "1m": 4} if quick else {"4k": args.messages or 3000, "1m": args.messages or 300}
+    )
+    rounds = {"4k": 1 if quick else args.rounds or 3, "1m": 1 if quick else args.rounds or 2}
+    warmup, limit = (2, 60.0) if quick else (20, 300.0)
+    out = [(s, Plan(counts, warmup, rounds[s], limit), list(args.keys)) for s in args.size_keys]
+    sequential = [k for k in args.keys if k in SEQUENTIAL]
+    if not args.no_sequential and "4k" in args.size_keys and len(sequential) > 1:
+        seq_counts = {"4k": 10 if quick else 300}
+        out.append(("4k", Plan(seq_counts, warmup, rounds["4k"], limit, sessions=1), sequential))
+    return out
 
 
 def check_peers(keys: Sequence[str]) -> None:
@@ -847,9 +895,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         rig.start()
-        for size, plan in plans(args).items():
+        for size, plan, keys in plans(args):
             for round_no in range(1, plan.rounds + 1):
-                for key in args.keys:
+                for key in keys:
                     for transport in SCENARIOS[key].transports:
                         _one(rig, key, transport, size, round_no, plan, runs, failures)
         if not args.no_memory:
@@ -893,7 +941,7 @@ def _one(
     runs: list[RunResult],
     failures: list[str],
 ) -> None:
-    label = f"{size} round {round_no} {key}/{transport}"
+    label = f"{size} x{plan.sessions} round {round_no} {key}/{transport}"
     try:
         r = run_once(rig, SCENARIOS[key], transport, size, round_no, plan)
     except BenchError as exc:
@@ -902,7 +950,7 @@ def _one(
         return
     failures += [f"{label}: {e}" for e in r.errors]
     runs.append(r)
-    lat = f"p50 {r.latency_p50_ms} p99 {r.latency_p99_ms} ms" if r.latency_p50_ms else ""
+    lat = f"in milter p50 {r.added_p50_ms} p99 {r.added_p99_ms} ms" if r.added_p50_ms else ""
     print(
         f"{label:34} {r.messages_per_s:7.0f}/s  milter {r.milter_cpu_per_1000:5.2f}"
         f"+{r.children_cpu_per_1000:5.2f} postfix {r.postfix_cpu_per_1000:5.2f} s/1000 "
