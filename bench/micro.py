@@ -116,7 +116,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "module",
             "1 Python module filter (dummy)",
-            'log_level = 0\n\n[Filter]\ntask_name = dummy\n'
+            "log_level = 0\n\n[Filter]\ntask_name = dummy\n"
             'module_name = "milter_agent.modules.dummy"'
             '\nexec_cmd = "%f"\n',
         ),
