@@ -142,10 +142,12 @@ class Daemon:
         self.engine = self._build(self.store.current)
 
     def _apply_live(self, settings: Settings) -> None:
-        """Settings read outside the engine: the MTA socket's I/O timeout at once; the answer
-        on failure, the progress interval and -I for connections from now on."""
+        """Settings read outside the engine: the MTA socket's I/O timeout and the shutdown
+        grace at once; the answer on failure, the progress interval, -I and the header cap
+        for connections from now on."""
         if self.server is not None:
             self.server.io_timeout = settings.io_timeout
+            self.server.shutdown_grace = settings.shutdown_grace
             self.server.services = self.services()
 
     def pipeline(self) -> Pipeline:
@@ -183,6 +185,7 @@ class Daemon:
             progress_interval=s.progress_interval,
             log_tempfile=s.log_tempfile,
             on_message_done=self._message_done,
+            max_header_size=s.max_header_size,
             on_answered=self.counters.waits.append,
         )
 
@@ -295,6 +298,7 @@ class Daemon:
             socket_mode=settings.socket_mode,
             socket_owner=owner,
             io_timeout=settings.io_timeout,
+            shutdown_grace=settings.shutdown_grace,
         )
         control = None
         try:
