@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -44,7 +45,7 @@ from milter_agent.privileges import (
 from milter_agent.procs import OrphanReaper, become_subreaper
 from milter_agent.protocol import Policy
 from milter_agent.registry import Registry
-from milter_agent.server import MilterServer
+from milter_agent.server import AcceptErrorLog, MilterServer
 from milter_agent.session import Services
 from milter_agent.socketspec import parse_socket_spec
 from milter_agent.spool import Spool
@@ -292,6 +293,7 @@ class Daemon:
         settings = self.store.current.settings
         owner = self.account.owner if self.account else None
         self.spool.prepare(owner)
+        asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
         self.server = MilterServer(
             self.spec,
             self.services(),
@@ -377,6 +379,21 @@ def log_steps(message: Message, decision: Decision) -> None:
         )
 
 
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: every MTA connection, spool file and filter
+    pipe is a descriptor, and the usual soft limit (1024) is reached long before the hard one
+    by a busy Postfix (one connection per smtpd process)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open files limit stays at %d (cannot raise it to %d: %s)", soft, hard, exc)
+        return
+    log.debug("open files limit raised from %d to %d", soft, hard)
+
+
 def effective_log_target(command_line: CommandLine, config: Config) -> str:
     """Where logs go: with -d 1, stderr, unless a target was chosen on the command line or in
     the configuration file (the seed's debugging terminal, without overriding a choice)."""
@@ -414,6 +431,7 @@ def run(command_line: CommandLine) -> int:
     try:
         if pid_file:
             write_pid_file(pid_file, daemon.account.owner if daemon.account else None)
+        raise_open_files_limit()
         asyncio.run(daemon.serve())
     except (ConfigError, SpoolError, OSError) as exc:
         log.critical("cannot start: %s", exc)

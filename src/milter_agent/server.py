@@ -19,12 +19,13 @@ import contextlib
 import itertools
 import logging
 import os
+import resource
 import socket
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from milter_agent import protocol as p
 from milter_agent.errors import ProtocolError
@@ -57,6 +58,56 @@ def remove_stale_socket(path: str) -> None:
         else:
             raise OSError(f"{path}: another process is listening on it; not taking it over")
     os.unlink(path)
+
+
+#: How asyncio reports an accept() that failed for want of descriptors or memory (EMFILE,
+#: ENFILE, ENOBUFS, ENOMEM); it retries a second later.
+_ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+class AcceptErrorLog:
+    """A loop exception handler: asyncio's reports of a failed accept() become one line per
+    ``interval`` with a count of the others; anything else goes to the default handler.
+
+    Out of descriptors, Python 3.11's accept loop reports the failure once per pending
+    connection, each with a traceback, and schedules as many retries: thousands of lines a
+    second that would bury the one fact an operator needs (and fill the disk). The MTA
+    meanwhile applies its default action; the connections are accepted once descriptors are
+    free."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._logged_at = -interval
+        self._missed = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == _ACCEPT_FAILED:
+            self._accept_failed(loop.time(), context.get("exception"))
+        elif not _late_accept_retry(context):
+            loop.default_exception_handler(context)
+
+    def _accept_failed(self, now: float, exc: BaseException | None) -> None:
+        since = now - self._logged_at
+        if since < self.interval:
+            self._missed += 1
+            return
+        missed = f"; {self._missed} more in the last {since:.0f}s" if self._missed else ""
+        log.error(
+            "cannot accept connections: %s (open files limit %d)%s",
+            exc,
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            missed,
+        )
+        self._logged_at = now
+        self._missed = 0
+
+
+def _late_accept_retry(context: dict[str, Any]) -> bool:
+    """One of those retries run after the listener was closed (on stop): it fails on the
+    closed socket, and nothing is lost (asyncio names no public way to tell it apart)."""
+    callback = getattr(context.get("handle"), "_callback", None)
+    late = getattr(callback, "__name__", "") == "_start_serving"
+    return late and isinstance(context.get("exception"), ValueError)
 
 
 class MilterServer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,8 @@ class MilterAgentDaemon:
     daemon's default 0660 on a root-owned socket locks out Postfix's smtpd (user postfix),
     which then answers 451. ``workdir`` holds the captured stderr (``stderr.log``) and
     stdout (``stdout.log``). ``module`` and ``env`` exist so the helper itself can be
-    tested against a stand-in; real tests leave them alone."""
+    tested against a stand-in; real tests leave them alone. ``nofile`` (soft, hard) is the
+    RLIMIT_NOFILE the daemon starts with."""
 
     def __init__(
         self,
@@ -50,6 +52,7 @@ class MilterAgentDaemon:
         module: str = "milter_agent",
         env: Mapping[str, str] | None = None,
         kill_on_parent_death: bool = True,
+        nofile: tuple[int, int] | None = None,
     ) -> None:
         self.config = Path(config)
         self.socket = SocketSpec.parse(socket)
@@ -63,6 +66,7 @@ class MilterAgentDaemon:
         self.module = module
         self.env = dict(env) if env is not None else None
         self.kill_on_parent_death = kill_on_parent_death
+        self.nofile = nofile
         self.stderr_path = self.workdir / "stderr.log"
         self.stdout_path = self.workdir / "stdout.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -139,12 +143,17 @@ class MilterAgentDaemon:
             env=env,
             cwd=self.workdir,
             start_new_session=True,  # own process group: filters it spawns die with it
+            preexec_fn=self._limit_files if self.nofile else None,
         )
         try:
             self.wait_ready(timeout)
         except DaemonError:
             self.stop()
             raise
+
+    def _limit_files(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         def ready() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import socket as s
 import stat
 from pathlib import Path
@@ -16,7 +17,7 @@ from milter_agent import protocol as p
 from milter_agent.message import Message
 from milter_agent.pipeline import Decision, PassThrough, Pipeline
 from milter_agent.protocol.framing import FrameBuffer
-from milter_agent.server import MilterServer
+from milter_agent.server import AcceptErrorLog, MilterServer
 from milter_agent.session import Services
 from milter_agent.socketspec import SocketSpec
 from milter_agent.spool import Spool
@@ -337,3 +338,57 @@ def test_new_connections_are_refused_during_the_grace(tmp_path: Path, kind: str)
         await asyncio.wait_for(stopping, 5)
 
     asyncio.run(go())
+
+
+class FakeLoop:
+    """What AcceptErrorLog uses of a loop: its clock and its default handler."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.defaulted: list[dict[str, object]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def default_exception_handler(self, context: dict[str, object]) -> None:
+        self.defaulted.append(context)
+
+
+def test_failed_accepts_are_logged_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = FakeLoop()
+    handler = AcceptErrorLog(interval=10)
+    failed = {
+        "message": "socket.accept() out of system resource",
+        "exception": OSError(24, "Too many open files"),
+    }
+    for _ in range(1000):  # one wake-up of asyncio's accept loop with 1000 pending
+        handler(loop, failed)  # type: ignore[arg-type]
+    loop.now += 4
+    handler(loop, failed)  # type: ignore[arg-type]
+    loop.now += 7
+    handler(loop, failed)  # type: ignore[arg-type]
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    first = f"cannot accept connections: [Errno 24] Too many open files (open files limit {limit})"
+    lines = [r.getMessage() for r in caplog.records if r.name == "milter_agent.server"]
+    assert lines == [first, f"{first}; 1000 more in the last 11s"]
+    assert loop.defaulted == []
+
+
+def test_other_loop_errors_go_to_the_default_handler_but_late_accept_retries_do_not() -> None:
+    def _start_serving() -> None:
+        """Named as asyncio's retry of accepting after a failed accept()."""
+
+    class Handle:
+        _callback = staticmethod(_start_serving)
+
+    loop = FakeLoop()
+    handler = AcceptErrorLog()
+    late = {"message": "Exception in callback", "handle": Handle(), "exception": ValueError()}
+    handler(loop, late)  # type: ignore[arg-type]
+    other = {"message": "Exception in callback", "handle": Handle(), "exception": OSError()}
+    bug = {"message": "Task exception was never retrieved", "exception": RuntimeError("bug")}
+    handler(loop, other)  # type: ignore[arg-type]
+    handler(loop, bug)  # type: ignore[arg-type]
+    assert loop.defaulted == [other, bug]
