@@ -33,6 +33,56 @@ def test_postfix_offer() -> None:
     assert {"j", "{daemon_name}", "{client_addr}", "{client_name}", "{client_port}"} <= set(connect)
 
 
+#: Every list we ask for, per stage. SETSYMLIST replaces the MTA's own lists, so each must hold
+#: the defaults we rely on as well as the client facts Postfix sends only when asked.
+REQUESTED = {
+    MacroStage.CONNECT: "j _ {daemon_name} {daemon_addr} {client_addr} {client_name} "
+    "{client_port} {client_ptr} {if_name} {if_addr} v",
+    MacroStage.HELO: "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    MacroStage.ENVFROM: "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} "
+    "{mail_mailer}",
+    MacroStage.ENVRCPT: "i {rcpt_addr} {rcpt_host} {rcpt_mailer}",
+    MacroStage.DATA: "i",
+    MacroStage.EOH: "i",
+    MacroStage.EOM: "i",
+}
+#: Postfix 3.7's defaults (postconf -d milter_*_macros): what it sends when not asked.
+POSTFIX_DEFAULTS = {
+    MacroStage.CONNECT: "j {daemon_name} {daemon_addr} v _",
+    MacroStage.HELO: "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    MacroStage.ENVFROM: "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} "
+    "{mail_mailer}",
+    MacroStage.ENVRCPT: "i {rcpt_addr} {rcpt_host} {rcpt_mailer}",
+    MacroStage.DATA: "i",
+    MacroStage.EOH: "i",
+    MacroStage.EOM: "i",
+}
+
+
+def test_the_macro_lists_requested_at_each_stage() -> None:
+    reply = negotiate(POSTFIX_OFFER, Policy())
+    assert dict(reply.macros) == REQUESTED
+    assert [stage for stage, _ in reply.macros] == sorted(MacroStage)  # each stage once
+
+
+@pytest.mark.parametrize("stage", sorted(MacroStage))
+def test_no_macro_the_mta_sends_by_default_is_lost_by_asking(stage: MacroStage) -> None:
+    asked = set(dict(negotiate(POSTFIX_OFFER, Policy()).macros)[stage].split())
+    assert set(POSTFIX_DEFAULTS[stage].split()) <= asked
+
+
+def test_the_macro_lists_on_the_wire() -> None:
+    """After version, actions and protocol: per list a 32-bit stage number and the names,
+    NUL-terminated, as libmilter's SMFIR_SETSYMLIST reading of the negotiation reply wants."""
+    wire = encode_response(negotiate(POSTFIX_OFFER, Policy()))
+    payload = wire[5 + 12 :]
+    expected = b"".join(
+        stage.to_bytes(4, "big") + names.encode() + b"\0"
+        for stage, names in sorted(REQUESTED.items())
+    )
+    assert payload == expected
+
+
 @pytest.mark.parametrize(
     ("offered", "expected"), [(2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 6), (2**32 - 1, 6)]
 )
