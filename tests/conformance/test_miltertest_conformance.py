@@ -6,6 +6,9 @@ modification with miltertest's own parser. The milter behaves by Subject: ``REJE
 multi-line 550, ``TEMPME`` a TEMPFAIL, anything else every modification and then ACCEPT
 (CONTINUE if the subject says ``CONTINUEME``). It also echoes what it decoded (8-bit subject,
 folded header, macros, recipients) in added headers, so the scripts compare bytes end to end.
+``daemon.lua`` drives the real daemon instead (``python -m milter_agent -HB``, an address rule
+adding a header, a program filter replacing the body or rejecting): what a deployment negotiates
+and sends, read by miltertest.
 
 What miltertest (2.11, miltertest.c) cannot do, and where that is covered instead:
 - It reads each end-of-message packet into a 1024-byte stack buffer without a bound check: a
@@ -19,7 +22,9 @@ What miltertest (2.11, miltertest.c) cannot do, and where that is covered instea
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +71,8 @@ from milter_agent.protocol import (
     negotiate,
 )
 from milter_agent.protocol.responses import REQUIRED_ACTION
+from support.daemon import MilterAgentDaemon
+from support.util import free_port
 
 HERE = Path(__file__).resolve().parent
 MILTERTEST = shutil.which("miltertest")
@@ -274,3 +281,69 @@ def test_negotiation(transport: str) -> None:
     assert [type(e) for e in version1] == [OptNeg]
     assert len(outcome.milter.refused) == 1
     assert "need >= 2" in outcome.milter.refused[0]
+
+
+# --- the real daemon -----------------------------------------------------------------------
+
+DAEMON_CONFIG = """
+[Address]
+task_name = stamp
+add_header_name = "X-Milter-Agent"
+add_header_value = "checked %s"
+
+[Filter]
+task_name = rewrite
+reject_exit_codes = "1"
+reject_message = "Refused by the conformance test"
+exec_cmd = "{script} %f %n"
+"""
+#: Rejects a message whose file says REJECTME, else writes the new body.
+REWRITE = '#!/bin/sh\ngrep -q REJECTME "$1" && exit 1\nprintf \'replaced body\\r\\n\' > "$2"\n'
+
+
+def run_against_daemon(transport: str, workdir: Path) -> tuple[Outcome, MilterAgentDaemon]:
+    assert MILTERTEST is not None
+    script = workdir / "rewrite.sh"
+    script.write_text(REWRITE)
+    script.chmod(0o755)
+    config = workdir / "milter-agent.conf"
+    config.write_text(DAEMON_CONFIG.format(script=script))
+    spec = f"unix:{workdir}/m.sock" if transport == "unix" else f"inet:{free_port()}@127.0.0.1"
+    agent = MilterAgentDaemon(
+        config, spec, f"unix:{workdir}/c.sock", workdir / "spool", workdir, extra_args=["-HB"]
+    )
+    with agent:
+        proc = subprocess.run(
+            [
+                MILTERTEST,
+                "-D",
+                f"MILTER={spec}",
+                "-D",
+                f"DIR={HERE}",
+                "-s",
+                str(HERE / "daemon.lua"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, TestMilter()), agent
+
+
+@TRANSPORTS
+def test_the_daemon(transport: str) -> None:
+    """milter-agent itself, started as in production (-H -B, a rule and a program filter):
+    the negotiated bits, a header added, a body replaced and a reject, read by miltertest."""
+    if MILTERTEST is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    with tempfile.TemporaryDirectory(prefix="mt-") as workdir:
+        outcome, agent = run_against_daemon(transport, Path(workdir))
+        log = agent.log_text()
+        leftovers = list((agent.spool_dir / "messages").iterdir())
+    assert outcome.returncode == 0 and "ALL OK" in outcome.stdout, f"{outcome}\n{log}"
+    assert agent.returncode == 0, log
+    accepted, rejected = re.findall(r"INFO: (QID\d): .* decision=(\w+) .*filters=(.*)", log)
+    assert accepted[:2] == ("QID1", "continue") and "rewrite:continue" in accepted[2]
+    assert "stamp:" in accepted[2]
+    assert rejected[:2] == ("QID2", "reject") and "rewrite:reject" in rejected[2]
+    assert "Traceback" not in log and leftovers == []
