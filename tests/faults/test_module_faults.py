@@ -11,6 +11,7 @@ answer, an added header ``X-Checked: yes``.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -54,6 +55,11 @@ def process_message_by_module(args, message):
         LEAKED.extend(os.open(os.devnull, os.O_RDONLY) for _ in range(50))
     if fault == "leak-memory":
         LEAKED.append(b"\\1" * ({LEAK_MIB} << 20))  # written, so resident
+    if fault == "controls":
+        raw = "a\\x1b[31mb\\x0cc\\x0bd\\x7fe\\x85f\\x9bg\\u2028h\\u2029i\\tj"
+        with open(args[1], "w") as lines:
+            lines.write("X-H: " + raw + "\\n")
+        return ModuleResult(add_headers=[("X-Checked", raw)])
     return ModuleResult(add_headers=[("X-Checked", "yes")])
 """
 
@@ -173,6 +179,30 @@ def test_a_safe_mode_module_fault_stays_in_its_worker(
     assert (after.pid != before.pid) == replaced, (before, after)
     assert f"filter faulty failed: {reason.format(pid=before.pid)}" in agent.log_text()
     assert "Traceback" not in agent.log_text()
+
+
+#: What the MTA may get in a header packet: printable text, tab and space, and the NULs that end
+#: the name and the value; no other control character (C0, DEL, C1, U+2028, U+2029).
+RAW_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@pytest.mark.parametrize("safe", [False, True])
+def test_control_characters_in_a_modules_headers_never_reach_the_mta(
+    tmp_path: Path, milter_agent: Agent, safe: bool
+) -> None:
+    """From its %h file and from its ModuleResult, in the daemon and in a worker."""
+    agent, base = start(tmp_path, milter_agent, safe=safe)
+    got = send(agent, "controls")
+    blanked = " a [31mb c d e f g h i\tj"
+    assert got == [
+        (b"h", b"X-H\0" + blanked.encode() + b"\0"),
+        (b"h", b"X-Checked\0" + blanked.encode() + b"\0"),
+        (b"c", b""),
+    ]
+    for _, data in got[:2]:
+        name, value, end = data.decode().split("\0")
+        assert not RAW_CONTROL.search(name + value) and end == ""
+    settle(agent, base, children_allowed=int(safe))
 
 
 def test_a_safe_mode_module_leaking_memory_is_recycled(tmp_path: Path, milter_agent: Agent) -> None:

@@ -194,3 +194,59 @@ def test_a_module_that_removes_its_body_file_changed_nothing(tmp_path: Path) -> 
         None,
     )
     assert eng.registry.get("m").errors == 0
+
+
+# --- the %h file and header values -------------------------------------------------------------
+
+HEADER_LINES = "X-A: 1\nSubject: ours\nX-B: 1\nX-A: 2\nsubject: second\n"
+
+
+@pytest.mark.parametrize("returns", ["0", "ModuleResult(add_headers=[('X-R', 'r')])"])
+def test_the_first_h_line_of_a_name_sets_and_later_lines_add(tmp_path: Path, returns: str) -> None:
+    """As for programs: Subject is in the message, so its first line sets it and the second
+    adds one; X-A is not, so both its lines add. A ModuleResult's headers come after them."""
+    source = (
+        "from pathlib import Path\n"
+        "from milter_agent.filters.module_api import ModuleResult\n"
+        "def process_message_by_module(args, message):\n"
+        f"    Path(args[0]).write_text({HEADER_LINES!r})\n"
+        f"    return {returns}\n"
+    )
+    _, d = run_module(tmp_path, source, 'exec_cmd = "%h"\n', "-HG")
+    assert d.changes.change_headers == [("Subject", 1, "ours")]
+    added = [("X-A", "1"), ("X-B", "1"), ("X-A", "2"), ("subject", "second")]
+    assert d.changes.add_headers == added + ([("X-R", "r")] if returns != "0" else [])
+
+
+#: Every kind of control character but CR, LF and NUL (refused): C0, DEL, C1, Unicode line
+#: and paragraph separators. A tab is white space in a header and stays.
+CONTROLS = "a\x1b[31mb\x0cc\x0bd\x7fe\x85f\x9bg\u2028h\u2029i\tj"
+BLANKED = "a [31mb c d e f g h i\tj"
+
+
+def test_a_modules_header_values_have_their_control_characters_blanked(tmp_path: Path) -> None:
+    source = (
+        "from milter_agent.filters.module_api import ModuleResult\n"
+        "def process_message_by_module(args, message):\n"
+        f"    return ModuleResult(add_headers=[('X-A', {CONTROLS!r})],\n"
+        f"                        change_headers=[('Subject', {CONTROLS!r})])\n"
+    )
+    eng, d = run_module(tmp_path, source, "", "-HG")
+    assert d.changes.add_headers == [("X-A", BLANKED)]
+    assert d.changes.change_headers == [("Subject", 1, BLANKED)]
+    assert eng.registry.get("m").errors == 0
+
+
+@pytest.mark.parametrize("bad", ["\r", "\n", "\0"])
+def test_cr_lf_and_nul_in_a_modules_header_value_are_still_refused(
+    tmp_path: Path, bad: str
+) -> None:
+    source = (
+        "from milter_agent.filters.module_api import ModuleResult\n"
+        "def process_message_by_module(args, message):\n"
+        f"    return ModuleResult(add_headers=[('X-A', {'a' + bad + 'b'!r})])\n"
+    )
+    eng, d = run_module(tmp_path, source, "", "-H")
+    assert d.steps[0].outcome == "error:skipped" and not d.changes
+    assert "must not contain CR, LF or NUL" in d.steps[0].detail
+    assert eng.registry.get("m").errors == 1

@@ -36,7 +36,9 @@ from milter_agent.filters.module_threads import ThreadPool
 from milter_agent.filters.results import (
     MAX_HEADER_VALUE,
     FilterResult,
+    blank_controls,
     body_file_written,
+    header_file_changes,
     parse_header_lines,
     read_text,
     text_lines,
@@ -233,33 +235,42 @@ def module_result(
     files: Mapping[str, Path],
     work: MessageWork,
 ) -> FilterResult:
-    """The FilterResult of an int or a ModuleResult, plus whatever the %r %n %h files say."""
+    """The FilterResult of an int or a ModuleResult, plus whatever the %r %n %h files say.
+
+    The %h lines mean what they mean for a program (``header_file_changes``): the first line
+    of a name the message has sets it, every other line adds; a ModuleResult's own header
+    changes come after them."""
     text = text_lines(read_text(files.get(variables.REPLY_FILE)))
-    headers, problems = parse_header_lines(read_text(files.get(variables.HEADER_FILE)))
+    lines, problems = parse_header_lines(read_text(files.get(variables.HEADER_FILE)))
     for problem in problems:
         log.warning("filter %s: header file %s", spec.name, problem)
+    changed, added = header_file_changes(lines, lambda name: work.header(name) is not None)
     if isinstance(outcome, int):
-        result = FilterResult(spec.verdict_for(outcome), text, headers=headers)
+        result = FilterResult(spec.verdict_for(outcome), text, headers=changed, add_headers=added)
         result.note = f"returned {outcome}"
         body = None
     else:
-        result = _checked(outcome, text, headers)
+        result = _checked(outcome, text, changed, added)
         body = outcome.new_body if isinstance(outcome.new_body, bytes) else None
     result.new_body = _new_body(body, files.get(variables.BODY_FILE), work)
     return result
 
 
 def _checked(
-    outcome: ModuleResult, text: tuple[str, ...], headers: list[tuple[str, str]]
+    outcome: ModuleResult,
+    text: tuple[str, ...],
+    changed: list[tuple[str, str]],
+    added: list[tuple[str, str]],
 ) -> FilterResult:
+    """``outcome`` checked, after the %r text and the %h ``changed`` and ``added`` headers."""
     try:
         return FilterResult(
             outcome.verdict,
             text_lines(outcome.text) or text,
-            headers=headers + _headers(outcome.change_headers),
+            headers=changed + _headers(outcome.change_headers),
             note="result",
             reply_code=_reply_code(outcome),
-            add_headers=_headers(outcome.add_headers),
+            add_headers=added + _headers(outcome.add_headers),
             remove_headers=[parse_header_name(name) for name in outcome.remove_headers],
             add_recipients=[check_address(a) for a in outcome.add_recipients],
             remove_recipients=[check_address(a) for a in outcome.remove_recipients],
@@ -269,8 +280,10 @@ def _checked(
 
 
 def _headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Checked header changes: a CR, LF or NUL in a value is refused (it would start a header
+    or end the value early); the other control characters are blanked as in a %h file."""
     return [
-        (parse_header_name(name), check_header_value(value)[:MAX_HEADER_VALUE])
+        (parse_header_name(name), blank_controls(check_header_value(value))[:MAX_HEADER_VALUE])
         for name, value in pairs
     ]
 

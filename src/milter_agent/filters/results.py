@@ -109,7 +109,7 @@ def parse_header_lines(text: str) -> tuple[list[tuple[str, str]], list[str]]:
     headers: list[tuple[str, str]] = []
     problems: list[str] = []
     for number, raw in enumerate(lines_of(text), 1):
-        line = _CONTROLS.sub(" ", raw)
+        line = blank_controls(raw)
         if not line.strip():
             continue
         if line[0] in " \t" and headers:
@@ -145,6 +145,13 @@ def header_file_changes(
             add.append((name, value))
         seen.add(name.lower())
     return set_, add
+
+
+def blank_controls(text: str) -> str:
+    """``text`` with every control character but tab (C0, DEL, C1 such as NEL, and the Unicode
+    line and paragraph separators) made a space: in a header value the MTA would pass them on
+    raw, and a mail reader may take some of them for line breaks."""
+    return _CONTROLS.sub(" ", text)
 
 
 _CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
