@@ -30,6 +30,24 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 DISTURBED = 0.25
 
 
+# The milter-agent configurations both benchmarks measure (besides an empty one).
+HEADER_RULE = (
+    '[Address]\ntask_name = stamp\nmessage_recipient = "^rcpt"\n'
+    'add_header_name = "X-Bench"\nadd_header_value = "checked for %s"\n'
+)
+HEADER_ARGS = ("-H", "-X")
+MODULE_FILTER = (
+    '[Filter]\ntask_name = dummy\nmodule_name = "milter_agent.modules.dummy"\nexec_cmd = "%f"\n'
+)
+
+
+def programs(count: int) -> str:
+    """``count`` program filters running ``/bin/true %f``."""
+    return "".join(
+        f'\n[Filter]\ntask_name = true{i}\nexec_cmd = "/bin/true %f"\n' for i in range(1, count + 1)
+    )
+
+
 class BenchError(RuntimeError):
     """Something the benchmark cannot accept: a process that does not start, a wrong reply."""
 

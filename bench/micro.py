@@ -28,18 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import contextlib
 import datetime as dt
 import importlib.util
 import io
 import os
 import pstats
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,13 +45,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # a checkout's code
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     DISTURBED,
     DOC,
+    HEADER_ARGS,
+    HEADER_RULE,
+    MODULE_FILTER,
     RESULTS_DIR,
-    ROOT,
     BenchError,
     MachineStat,
     ProcStat,
@@ -63,11 +62,14 @@ from common import (
     code_line,
     machine,
     percentile,
+    programs,
     source_fingerprint,
     update_docs,
     wait_for_quiet,
     write_results,
 )
+from tests.support.daemon import DaemonError, MilterAgentDaemon
+from tests.support.util import free_port
 
 from milter_agent import protocol as p
 from milter_agent.protocol.constants import Action, ProtocolFlag
@@ -93,12 +95,6 @@ class Scenario:
     expect_header: bool = False
 
 
-def _filters(count: int) -> str:
-    return "".join(
-        f'\n[Filter]\ntask_name = true{i}\nexec_cmd = "/bin/true %f"\n' for i in range(1, count + 1)
-    )
-
-
 SCENARIOS: dict[str, Scenario] = {
     s.key: s
     for s in (
@@ -106,20 +102,13 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "header",
             "1 address rule adding a header (-H)",
-            f'log_level = 0\n\n[Address]\ntask_name = stamp\nadd_header_name = "{BENCH_HEADER}"\n'
-            'add_header_value = "checked for %s"\n',
-            args=("-H",),
+            "log_level = 0\n\n" + HEADER_RULE,
+            args=HEADER_ARGS,
             expect_header=True,
         ),
-        Scenario("exec1", "1 program filter /bin/true %f", "log_level = 0\n" + _filters(1)),
-        Scenario("exec5", "5 program filters /bin/true %f", "log_level = 0\n" + _filters(5)),
-        Scenario(
-            "module",
-            "1 Python module filter (dummy)",
-            "log_level = 0\n\n[Filter]\ntask_name = dummy\n"
-            'module_name = "milter_agent.modules.dummy"'
-            '\nexec_cmd = "%f"\n',
-        ),
+        Scenario("exec1", "1 program filter /bin/true %f", "log_level = 0\n" + programs(1)),
+        Scenario("exec5", "5 program filters /bin/true %f", "log_level = 0\n" + programs(5)),
+        Scenario("module", "1 Python module filter (dummy)", "log_level = 0\n" + MODULE_FILTER),
     )
 }
 BASELINE = "pass"
@@ -130,174 +119,40 @@ QUIET_BUDGET = 30.0
 # --- the daemon -------------------------------------------------------------------------------
 
 
-_LIVE: set[Daemon] = set()
-
-
-def _stop_all() -> None:
-    for daemon in list(_LIVE):
-        daemon.stop()
-
-
-atexit.register(_stop_all)
-
-
-class Daemon:
-    """One milter-agent process, started and stopped like tests/support/daemon.py does."""
+class Daemon(MilterAgentDaemon):
+    """One milter-agent process as the end-to-end tests start it, optionally under cProfile."""
 
     def __init__(self, scenario: Scenario, transport: str, workdir: Path, profile: Path | None):
         self.scenario = scenario
         self.transport = transport
-        self.workdir = workdir
         self.profile = profile
-        self.config = workdir / "milter-agent.conf"
-        self.spool = workdir / "spool"
-        self.control = f"unix:{workdir / 'ctrl'}"
-        self.stderr_path = workdir / "stderr.log"
-        self.port = 0
         self.path = str(workdir / "sock")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def spec(self) -> str:
-        return f"unix:{self.path}" if self.transport == "unix" else f"inet:{self.port}@127.0.0.1"
-
-    def argv(self) -> list[str]:
-        python = [sys.executable]
-        if self.profile is not None:
-            python += ["-m", "cProfile", "-o", str(self.profile)]
-        argv = [
-            *python,
-            "-m",
-            "milter_agent",
-            "-d",
-            "1",
-            "-u",
-            "root",
-            "-c",
-            str(self.config),
-            "-p",
-            self.spec,
-            "-i",
-            self.control,
-            "--spool-dir",
-            str(self.spool),
-            *self.scenario.args,
-        ]
-        setpriv = shutil.which("setpriv")
-        # If the benchmark is killed, take the daemon with it (setpriv execs: same pid).
-        return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
-
-    def start(self, timeout: float = 20.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(self.scenario.config)
-        for attempt in range(3):
-            if self.transport == "inet":
-                self.port = _free_port()
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(
-                x for x in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if x
-            )
-            with self.stderr_path.open("ab") as err:
-                self.proc = subprocess.Popen(
-                    self.argv(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    env=env,
-                    cwd=self.workdir,
-                    start_new_session=True,  # own process group: its filters die with it
-                )
-            _LIVE.add(self)
-            try:
-                self._wait_ready(timeout)
-                return
-            except BenchError as exc:
-                self.stop()
-                # Only the race for a free port is worth another try.
-                if attempt == 2 or "in use" not in str(exc):
-                    raise
-                self.stderr_path.unlink(missing_ok=True)
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise BenchError(
-                    f"{self.scenario.key}/{self.transport}: daemon exited with "
-                    f"{self.proc.returncode} before it was ready\n{self.log_tail()}"
-                )
-            if "listening on" in self.log_text() and self._accepts():
-                return
-            time.sleep(0.02)
-        raise BenchError(f"{self.scenario.key}/{self.transport}: not ready\n{self.log_tail()}")
-
-    def _accepts(self) -> bool:
-        family = socket.AF_UNIX if self.transport == "unix" else socket.AF_INET
-        address: str | tuple[str, int] = (
-            self.path if self.transport == "unix" else ("127.0.0.1", self.port)
+        self.port = free_port() if transport == "inet" else 0
+        spec = f"unix:{self.path}" if transport == "unix" else f"inet:{self.port}@127.0.0.1"
+        config = workdir / "milter-agent.conf"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config.write_text(scenario.config)
+        super().__init__(
+            config,
+            spec,
+            f"unix:{workdir / 'ctrl'}",
+            workdir / "spool",
+            workdir,
+            extra_args=scenario.args,
         )
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.settimeout(0.5)
-            try:
-                s.connect(address)
-            except OSError:
-                return False
-            return True
 
     @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise BenchError("daemon not started")
-        return self.proc.pid
+    def argv(self) -> list[str]:
+        argv = super().argv
+        if self.profile is None:
+            return argv
+        return [argv[0], "-m", "cProfile", "-o", str(self.profile), *argv[1:]]
 
     def stat(self) -> ProcStat:
         return ProcStat.read(self.pid)
 
-    def peak_rss_kib(self) -> int:
-        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        raise BenchError("VmHWM not in /proc/PID/status")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL the process group. Idempotent."""
-        proc = self.proc
-        _LIVE.discard(self)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5.0)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of its group, if any
-        return proc.returncode
-
-    def log_text(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # --- what the client sends --------------------------------------------------------------------
@@ -695,12 +550,15 @@ def run_once(
     workdir = Path(tempfile.mkdtemp(prefix=f"{scenario.key}-{transport}-", dir=workroot))
     daemon = Daemon(scenario, transport, workdir, profile)
     try:
-        daemon.start()
+        try:
+            daemon.start()
+        except DaemonError as exc:
+            raise BenchError(f"{scenario.key}/{transport}: {exc}") from None
         m = asyncio.run(drive(daemon, connections, per_connection, warmup, time_limit))
         load, seconds = m.load, m.seconds
-        if not daemon.alive():
+        if not daemon.running():
             load.fail(f"daemon died: {daemon.log_tail()}")
-        peak = daemon.peak_rss_kib()
+        peak = daemon.peak_rss_kb()
     finally:
         code = daemon.stop()
     if profile is None and code not in (0, None):
@@ -1021,7 +879,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: OK, {len(runs)} runs in {params['wall_seconds']} s", file=sys.stderr)
         return 0
     finally:
-        _stop_all()
         shutil.rmtree(workroot, ignore_errors=True)
 
 

@@ -58,6 +58,9 @@ sys.path.insert(0, str(HERE))
 
 from common import (  # noqa: E402
     DISTURBED,
+    HEADER_ARGS,
+    HEADER_RULE,
+    MODULE_FILTER,
     RESULTS_DIR,
     BenchError,
     MachineStat,
@@ -68,6 +71,7 @@ from common import (  # noqa: E402
     machine,
     peak_rss_kib,
     percentile,
+    programs,
     source_fingerprint,
     tree_stat,
     update_docs,
@@ -101,12 +105,6 @@ class Scenario:
     transports: tuple[str, ...] = ("inet",)
 
 
-def _filters(count: int) -> str:
-    return "".join(
-        f'\n[Filter]\ntask_name = true{i}\nexec_cmd = "/bin/true %f"\n' for i in range(1, count + 1)
-    )
-
-
 SCENARIOS: dict[str, Scenario] = {
     s.key: s
     for s in (
@@ -116,19 +114,12 @@ SCENARIOS: dict[str, Scenario] = {
             "header",
             "milter-agent, 1 address rule + 1 header",
             "agent",
-            '[Address]\ntask_name = stamp\nmessage_recipient = "^rcpt"\n'
-            'add_header_name = "X-Bench"\nadd_header_value = "checked for %s"\n',
-            args=("-H", "-X"),
+            HEADER_RULE,
+            args=HEADER_ARGS,
         ),
-        Scenario("exec1", "milter-agent, 1 program /bin/true %f", "agent", _filters(1)),
-        Scenario("exec5", "milter-agent, 5 programs /bin/true %f", "agent", _filters(5)),
-        Scenario(
-            "module",
-            "milter-agent, 1 Python module filter",
-            "agent",
-            '[Filter]\ntask_name = dummy\nmodule_name = "milter_agent.modules.dummy"\n'
-            'exec_cmd = "%f"\n',
-        ),
+        Scenario("exec1", "milter-agent, 1 program /bin/true %f", "agent", programs(1)),
+        Scenario("exec5", "milter-agent, 5 programs /bin/true %f", "agent", programs(5)),
+        Scenario("module", "milter-agent, 1 Python module filter", "agent", MODULE_FILTER),
         Scenario("pym-pass", "pymilter pass-through", "pymilter", args=("pass",)),
         Scenario("pym-exec", "pymilter spawning /bin/true", "pymilter", args=("exec",)),
         Scenario(
