@@ -104,8 +104,9 @@ class Engine:
         return refused
 
     def _address(self, rule: AddressRule, work: MessageWork, decision: Decision) -> None:
+        # the engine's clock, as for filters' run_time/skip_time: tests inject a fixed one
         done = apply_address_rule(
-            rule, work, lambda: variable_values(work), self._refusal(rule.name)
+            rule, work, lambda: variable_values(work), self._refusal(rule.name), self.now()
         )
         if done:
             state = self.registry.get(rule.name)

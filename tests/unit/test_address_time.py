@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -56,17 +57,34 @@ def test_the_rule_applies_only_in_its_time(tmp_path: Path) -> None:
     assert added_at(tmp_path, datetime(2026, 1, 4, 9)) == []  # a Sunday
 
 
-def run_engine(tmp_path: Path, text: str) -> list[str]:
+def run_engine(tmp_path: Path, text: str, now: Callable[[], datetime] = datetime.now) -> list[str]:
     config = parse_config_text(textwrap.dedent(text), "/t.conf", parse_command_line(["-A"]))
     spool = Spool(tmp_path / "spool")
     spool.prepare()
-    decision = asyncio.run(Engine(config, Registry(), spool).run(message(tmp_path)))
+    decision = asyncio.run(Engine(config, Registry(), spool, now).run(message(tmp_path)))
     return decision.changes.add_recipients
 
 
 def test_through_the_engine_with_the_current_time(tmp_path: Path) -> None:
-    """The engine gives no time of its own: the rule is evaluated at the current local time,
-    so "every minute" always holds and skipping "every minute" never does."""
+    """Without a clock of its own the engine uses the current local time, so "every minute"
+    always holds and skipping "every minute" never does."""
     rule = '[Address]\n{key} = "* * * * *"\nadd_recipient = "watcher@example.com"\n'
     assert run_engine(tmp_path, rule.format(key="run_time")) == ["<watcher@example.com>"]
     assert run_engine(tmp_path, rule.format(key="skip_time")) == []
+
+
+def test_through_the_engine_with_its_clock(tmp_path: Path) -> None:
+    """The rule is evaluated at the engine's clock, as filters' conditions are; with address
+    rules only the engine decides at once (decide_now), by the same clock."""
+    monday_9, sunday_9 = datetime(2026, 1, 5, 9), datetime(2026, 1, 4, 9)
+    lunch = monday_9.replace(hour=12, minute=10)
+    assert run_engine(tmp_path, OFFICE_HOURS, lambda: monday_9) == ["<watcher@example.com>"]
+    assert run_engine(tmp_path, OFFICE_HOURS, lambda: sunday_9) == []
+    assert run_engine(tmp_path, OFFICE_HOURS, lambda: lunch) == []
+    config = parse_config_text(OFFICE_HOURS, "/t.conf", parse_command_line(["-A"]))
+    spool = Spool(tmp_path / "spool")
+    for now, added in ((monday_9, ["<watcher@example.com>"]), (sunday_9, [])):
+        decision = Engine(config, Registry(), spool, now=lambda when=now: when).decide_now(
+            message(tmp_path)
+        )
+        assert decision is not None and decision.changes.add_recipients == added
