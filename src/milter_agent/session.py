@@ -66,22 +66,6 @@ class Session:
         self._started = 0.0
         self._connected = 0.0  # the first message of a connection is timed from CONNECT
         self._macro_stage = -1  # the latest stage (index in STAGES) we hold macros of
-        self._handlers: dict[type, Callable[[Any], p.Response | None]] = {
-            p.OptNeg: self._optneg,
-            p.Macro: self.macro,
-            p.Connect: self._connect,
-            p.Helo: self._helo,
-            p.Mail: self._mail,
-            p.Rcpt: self._rcpt,
-            p.Data: self._data,
-            p.Header: self._header_event,
-            p.EndOfHeaders: self._eoh,
-            p.Body: self._body_event,
-            p.Abort: self._abort,
-            p.Quit: self._quit,
-            p.QuitNoClose: self._quit,
-            p.Unknown: self._unknown,
-        }
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -113,10 +97,10 @@ class Session:
 
     def respond(self, event: p.Command) -> p.Response | None:
         """The answer to any command but end-of-message (None if it gets none)."""
-        reply = self._handlers[type(event)](event)
+        reply = _HANDLERS[type(event)](self, event)
         return reply if reply is not None and self.conn.awaiting_reply else None
 
-    # One small handler per command, found by type: this runs for every packet.
+    # One small handler per command (see _HANDLERS).
 
     def _optneg(self, event: p.OptNeg) -> p.Response:
         return p.negotiate(event, self.services.policy())
@@ -437,6 +421,24 @@ class Session:
 #: How a message that got no final answer from us ended (the log line's decision).
 ABORTED = "aborted"  # the MTA dropped the transaction: ABORT, a new MAIL or HELO, QUIT
 LOST = "lost"  # the connection ended first
+
+#: One small handler per command, found by type: this runs for every packet.
+_HANDLERS: dict[type, Callable[[Session, Any], p.Response | None]] = {
+    p.OptNeg: Session._optneg,
+    p.Macro: Session.macro,
+    p.Connect: Session._connect,
+    p.Helo: Session._helo,
+    p.Mail: Session._mail,
+    p.Rcpt: Session._rcpt,
+    p.Data: Session._data,
+    p.Header: Session._header_event,
+    p.EndOfHeaders: Session._eoh,
+    p.Body: Session._body_event,
+    p.Abort: Session._abort,
+    p.Quit: Session._quit,
+    p.QuitNoClose: Session._quit,
+    p.Unknown: Session._unknown,
+}
 
 _SPOOL_FAILED = StepResult("spool", "error")
 _HEADER_LIMIT = StepResult("headers", "too large")
