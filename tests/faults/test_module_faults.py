@@ -112,9 +112,10 @@ def start(
     *,
     safe: bool = True,
     kill: bool = False,
+    extra: str = "",
 ) -> tuple[MilterAgentDaemon, Baseline]:
-    """The daemon with the module (the Python one unless ``module``) as its one filter, warmed
-    up: in safe mode its one worker is running."""
+    """The daemon with the module (the Python one unless ``module``) as its one filter, with
+    the ``extra`` lines, warmed up: in safe mode its one worker is running."""
     if module is None:
         module = tmp_path / "faulty.py"
         module.write_text(PY_MODULE)
@@ -127,7 +128,7 @@ module_safe_use = {"yes" if safe else "no"}
 run_single_instance = 1
 task_timeout = 1
 exec_cmd = "%{{subject}} %h"
-""",
+{extra}""",
         extra_args=["-H", "-E", *(["-M"] if kill else [])],
     )
     return agent, baseline(agent, checked)
@@ -220,17 +221,30 @@ def test_a_safe_mode_module_leaking_memory_is_recycled(tmp_path: Path, milter_ag
     assert agent.peak_rss_kb() - peak < 8 * 1024
 
 
-def test_a_safe_mode_module_leaking_fds_leaks_only_in_its_worker(
+#: module_worker_max_fds for the fd-leak test: the worker keeps 50 descriptors a message, so it
+#: is replaced after its third message (150 more).
+FD_GROWTH = 120
+
+
+def test_a_safe_mode_module_leaking_fds_is_recycled_and_leaks_only_in_its_worker(
     tmp_path: Path, milter_agent: Agent
 ) -> None:
     """The descriptors a module leaks are its worker's: the daemon's stay at the baseline
-    while the worker's grow by exactly what the module kept."""
-    agent, base = start(tmp_path, milter_agent)
+    while the worker's grow by exactly what the module kept, until they grew by more than
+    module_worker_max_fds and a fresh worker takes its place."""
+    agent, base = start(tmp_path, milter_agent, extra=f"module_worker_max_fds = {FD_GROWTH}\n")
     leaking = worker(agent)
     worker_fds = fd_count(leaking.pid)
-    for _ in range(4):
+    for sent in range(1, FD_GROWTH // 50 + 1):
         assert send(agent, "leak-fds") == [(b"h", b"X-Checked\0 yes\0"), (b"c", b"")]
         settle(agent, base, children_allowed=1)
-    assert worker(agent).pid == leaking.pid
-    assert fd_count(leaking.pid) == worker_fds + 4 * 50
+        assert worker(agent).pid == leaking.pid
+        assert fd_count(leaking.pid) == worker_fds + sent * 50
+    assert send(agent, "leak-fds") == [(b"h", b"X-Checked\0 yes\0"), (b"c", b"")]
+    settle(agent, base, children_allowed=1)  # the leaker reaped, a fresh worker serves
+    fresh = worker(agent)
+    assert fresh.pid != leaking.pid and fd_count(fresh.pid) == worker_fds
+    grown = f"from {worker_fds} to {worker_fds + (FD_GROWTH // 50 + 1) * 50}"
+    replaced = f"worker {leaking.pid} replaced after its open file descriptors grew {grown}"
+    assert replaced in agent.log_text()
     assert fd_count(agent.pid) == base.fds

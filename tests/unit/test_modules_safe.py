@@ -4,6 +4,7 @@ next message works, and with -M a hung worker is killed at its timeout."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -19,13 +20,14 @@ import pytest
 
 from milter_agent.config.model import FilterSpec
 from milter_agent.errors import FilterError
-from milter_agent.filters.module import ModuleHost
+from milter_agent.filters.module import ModuleHost, worker_limits
 from milter_agent.filters.module_api import ModuleMessage, ModuleResult
 from milter_agent.filters.module_pool import (
     MIB,
     ModuleTimeout,
     WorkerLimits,
     WorkerPool,
+    open_fds,
     resident_memory,
 )
 from milter_agent.registry import NoFreeInstance
@@ -371,25 +373,15 @@ def teardown():
 """
 
 
-def recycling_host(limits: WorkerLimits) -> Callable[[Callable[[ModuleHost], Awaitable[T]]], T]:
-    def run(scenario: Callable[[ModuleHost], Awaitable[T]]) -> T:
-        async def go() -> T:
-            host = ModuleHost(limits=limits)
-            try:
-                return await scenario(host)
-            finally:
-                await host.close()
-
-        return asyncio.run(go())
-
-    return run
-
-
 def test_a_worker_is_replaced_after_its_message_limit_and_tears_down(tmp_path: Path) -> None:
     log = tmp_path / "log"
     mod = tmp_path / "recycled.py"
     mod.write_text(RECYCLED.format(log=str(log)))
-    spec = safe("recycled", str(mod), instances=1)
+    spec = dataclasses.replace(
+        safe("recycled", str(mod), instances=1),
+        module_worker_max_messages=3,
+        module_worker_max_rss=0,
+    )
 
     async def scenario(host: ModuleHost) -> list[int]:
         pids = []
@@ -398,7 +390,7 @@ def test_a_worker_is_replaced_after_its_message_limit_and_tears_down(tmp_path: P
             pids += worker_pids(host, "recycled") or [0]  # 0: replaced, none idle
         return pids
 
-    pids = recycling_host(WorkerLimits(messages=3, rss_growth=0))(scenario)
+    pids = with_host(scenario)
     first, second, third = pids[0], pids[3], pids[6]
     assert pids == [first, first, 0, second, second, 0, third]
     assert len({first, second, third}) == 3
@@ -414,7 +406,11 @@ def test_a_leaking_worker_is_replaced_and_the_daemon_does_not_grow(
     log = tmp_path / "log"
     mod = tmp_path / "leaky.py"
     mod.write_text(RECYCLED.format(log=str(log)))
-    spec = safe("leaky", str(mod), instances=1)
+    spec = dataclasses.replace(
+        safe("leaky", str(mod), instances=1),
+        module_worker_max_messages=0,
+        module_worker_max_rss=100 * MIB,
+    )
     daemon_before = resident_memory(os.getpid())
 
     async def scenario(host: ModuleHost) -> list[list[int]]:
@@ -424,7 +420,7 @@ def test_a_leaking_worker_is_replaced_and_the_daemon_does_not_grow(
             seen.append(worker_pids(host, "leaky"))
         return seen
 
-    seen = recycling_host(WorkerLimits(messages=0, rss_growth=100 * MIB))(scenario)
+    seen = with_host(scenario)
     leaker = seen[0][0]
     assert seen[:3] == [[leaker], [leaker], []] and seen[3] != [leaker]
     assert not alive(leaker)
@@ -436,6 +432,66 @@ def test_a_leaking_worker_is_replaced_and_the_daemon_does_not_grow(
         rf"module {mod}: worker {leaker} replaced after its memory grew from \d+ to \d+ MiB",
         replaced,
     )
+
+
+FD_LEAK = """
+import os
+KEPT = []
+def process_message_by_module(args, message):
+    KEPT.extend(os.open(os.devnull, os.O_RDONLY) for _ in range(int(args[0])))
+    return 0
+"""
+
+
+def test_a_worker_leaking_file_descriptors_is_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="milter_agent.filters.module")
+    mod = tmp_path / "fds.py"
+    mod.write_text(FD_LEAK)
+    spec = dataclasses.replace(safe("fds", str(mod), instances=1), module_worker_max_fds=30)
+
+    async def scenario(host: ModuleHost) -> list[tuple[list[int], int | None]]:
+        seen = []
+        for _ in range(3):  # 20 more per message: replaced once past 30
+            await host.call(spec, ["20"], MSG, kill=False)
+            pids = worker_pids(host, "fds")
+            seen.append((pids, open_fds(pids[0]) if pids else None))
+        return seen
+
+    (first, fds_1), (after_2, _), (after_3, _) = with_host(scenario)
+    (leaker,) = first
+    assert after_2 == []  # replaced after the second message; a new one runs the third
+    assert len(after_3) == 1 and after_3 != first
+    assert fds_1 is not None
+    (replaced,) = [r.getMessage() for r in caplog.records if "replaced" in r.getMessage()]
+    assert replaced == (
+        f"module {mod}: worker {leaker} replaced after its open file descriptors grew "
+        f"from {fds_1 - 20} to {fds_1 + 20}"
+    )
+    assert not alive(leaker)
+
+
+def test_a_reload_gives_a_running_pool_its_new_limits_without_a_restart(tmp_path: Path) -> None:
+    mod = tmp_path / "fds.py"
+    mod.write_text(FD_LEAK)
+    spec = safe("fds", str(mod), instances=1)
+    assert worker_limits(spec) == WorkerLimits()  # the keys' defaults are the pool's
+
+    async def scenario(host: ModuleHost) -> tuple[WorkerLimits, list[int], list[int]]:
+        host.configure([spec])
+        await host.call(spec, ["0"], MSG, kill=False)
+        before = worker_pids(host, "fds")
+        changed = dataclasses.replace(spec, module_worker_max_rss=0, module_worker_max_fds=5)
+        host.configure([changed])
+        pool = host.loaded["fds"]
+        assert isinstance(pool, WorkerPool)
+        await host.call(changed, ["0"], MSG, kill=False)
+        return pool.limits, before, worker_pids(host, "fds")
+
+    limits, before, after = with_host(scenario)
+    assert limits == WorkerLimits(messages=10_000, rss_growth=0, fd_growth=5)
+    assert before == after  # the same worker: no restart for new limits
 
 
 def test_async_setup_and_async_process_functions_in_a_worker(tmp_path: Path) -> None:

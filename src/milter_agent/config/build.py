@@ -24,6 +24,9 @@ from milter_agent.conditions import (
 from milter_agent.config import values as v
 from milter_agent.config.keys import SECTION_KEYS, SECTION_TITLES, SETTINGS
 from milter_agent.config.model import (
+    WORKER_MAX_FDS,
+    WORKER_MAX_MESSAGES,
+    WORKER_MAX_RSS,
     AddressRule,
     FilterSpec,
     HeaderTemplate,
@@ -49,6 +52,11 @@ _KIND_KEYS: Mapping[str, Mapping[str, bool]] = {
     "global": dict.fromkeys(SETTINGS, False),
     **SECTION_KEYS,
 }
+_WORKER_LIMIT_KEYS = (
+    "module_worker_max_messages",
+    "module_worker_max_rss",
+    "module_worker_max_fds",
+)
 _EXIT_CODE_KEYS = (
     "reject_exit_codes",
     "tempfail_exit_codes",
@@ -329,6 +337,11 @@ def _build_filter(r: _Reader, settings: Settings) -> FilterSpec | None:
         mode=r.get("mode", _mode, "enforce"),
         max_message_size=r.one("max_message_size", v.parse_positive_size),
         error_cooldown=r.get("error_cooldown", v.parse_seconds, 0.0),
+        module_worker_max_messages=r.get(
+            "module_worker_max_messages", v.parse_count, WORKER_MAX_MESSAGES
+        ),
+        module_worker_max_rss=r.get("module_worker_max_rss", v.parse_size, WORKER_MAX_RSS),
+        module_worker_max_fds=r.get("module_worker_max_fds", v.parse_count, WORKER_MAX_FDS),
     )
     _check_filter(r, spec, codes)
     if len(r.problems.errors) > errors_before:
@@ -400,6 +413,9 @@ def _warn_filter_permissions(r: _Reader, spec: FilterSpec, settings: Settings) -
         r.warn("exec_cmd", "%n (new body file) has no effect without -B")
     if HEADER_FILE in files and not (settings.allow_add_header or settings.allow_change_header):
         r.warn("exec_cmd", "%h (header file) has no effect without -H or -G")
+    for key in _WORKER_LIMIT_KEYS:
+        if r.entries(key) and not spec.module_safe_use:
+            r.warn(key, "has no effect without module_safe_use (worker processes)")
 
 
 # --- lists and times -------------------------------------------------------------------------

@@ -254,6 +254,9 @@ FILTER_KEYS: Mapping[str, bool] = {
     "mode": False,
     "max_message_size": False,
     "error_cooldown": False,
+    "module_worker_max_messages": False,
+    "module_worker_max_rss": False,
+    "module_worker_max_fds": False,
 }
 
 SECTION_KEYS: Mapping[str, Mapping[str, bool]] = {

@@ -48,6 +48,13 @@ DefaultAction = Literal["tempfail", "accept", "reject"]
 LogTarget = Literal["syslog", "stderr", "stdout"]
 Verdict = Literal["continue", "reject", "tempfail", "accept", "discard"]
 
+#: When a module_safe_use worker is replaced by a fresh one (0 = never): after this many
+#: messages, or once its resident memory or its open file descriptors grew by more than this
+#: since the module was set up. The per-filter defaults of the module_worker_max_* keys.
+WORKER_MAX_MESSAGES = 10_000
+WORKER_MAX_RSS = 256 * 1024 * 1024
+WORKER_MAX_FDS = 256
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -203,6 +210,9 @@ class FilterSpec:
     mode: Literal["enforce", "monitor"] = "enforce"
     max_message_size: int | None = None
     error_cooldown: float = 0.0
+    module_worker_max_messages: int = WORKER_MAX_MESSAGES
+    module_worker_max_rss: int = WORKER_MAX_RSS
+    module_worker_max_fds: int = WORKER_MAX_FDS
 
     @property
     def is_module(self) -> bool:

@@ -42,6 +42,9 @@ _FILTER_SCALARS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("mode", "mode", str),
     ("max_message_size", "max_message_size", str),
     ("error_cooldown", "error_cooldown", v.format_number),
+    ("module_worker_max_messages", "module_worker_max_messages", str),
+    ("module_worker_max_rss", "module_worker_max_rss", v.format_size),
+    ("module_worker_max_fds", "module_worker_max_fds", str),
 )
 _FILTER_LISTS = (
     "run_message_sender",

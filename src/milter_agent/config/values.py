@@ -177,6 +177,15 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 
+def format_size(value: int) -> str:
+    """Bytes with the largest suffix that divides them exactly (``256M``), for parse_size."""
+    for suffix in ("g", "m", "k"):
+        unit = _SIZE_UNITS[suffix]
+        if value and value % unit == 0:
+            return f"{value // unit}{suffix.upper()}"
+    return str(value)
+
+
 def parse_positive_size(text: str) -> int:
     size = parse_size(text)
     if size == 0:

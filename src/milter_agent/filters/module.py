@@ -73,6 +73,15 @@ def module_config(spec: FilterSpec) -> ModuleConfig:
     )
 
 
+def worker_limits(spec: FilterSpec) -> WorkerLimits:
+    """When the filter's workers (module_safe_use) are replaced: its module_worker_max_* keys."""
+    return WorkerLimits(
+        messages=spec.module_worker_max_messages,
+        rss_growth=spec.module_worker_max_rss,
+        fd_growth=spec.module_worker_max_fds,
+    )
+
+
 def _identity(spec: FilterSpec) -> tuple[ModuleConfig, int]:
     return module_config(spec), spec.single_instance
 
@@ -99,9 +108,8 @@ class _Handle:
 class ModuleHost:
     """The loaded modules of the daemon, by filter name."""
 
-    def __init__(self, threads: int = MODULE_THREADS, limits: WorkerLimits | None = None) -> None:
+    def __init__(self, threads: int = MODULE_THREADS) -> None:
         self.thread_count = threads
-        self.limits = limits or WorkerLimits()
         self._calls: ThreadPool | None = None
         self._loads: ThreadPool | None = None
         self._handles: dict[str, _Handle] = {}
@@ -114,12 +122,17 @@ class ModuleHost:
 
     def configure(self, filters: Iterable[FilterSpec]) -> None:
         """After a (re)load: let go of the modules of filters that left or changed, and of
-        modules whose file changed; the next message loads them anew."""
-        wanted = {spec.name: _identity(spec) for spec in filters if spec.is_module}
+        modules whose file changed; the next message loads them anew. A kept worker pool takes
+        the new worker limits as they are: they are read after each message, so changing them
+        needs no restart of the workers."""
+        specs = {spec.name: spec for spec in filters if spec.is_module}
+        wanted = {name: _identity(spec) for name, spec in specs.items()}
         for name, handle in list(self._handles.items()):
             if wanted.get(name) != handle.identity or handle.file_changed():
                 del self._handles[name]
                 self._retire(name, handle.runner)
+            elif isinstance(handle.runner, WorkerPool):
+                handle.runner.limits = worker_limits(specs[name])
         self._wanted = wanted
 
     async def call(
@@ -151,7 +164,7 @@ class ModuleHost:
         after = [task for task, name in self._closing.items() if name == spec.name]
         if spec.module_safe_use:
             size = spec.single_instance or SAFE_WORKERS
-            return WorkerPool(config, size, self.limits, after)
+            return WorkerPool(config, size, worker_limits(spec), after)
         if self._calls is None or self._loads is None:
             self._calls = ThreadPool(self.thread_count)
             self._loads = ThreadPool(LOAD_THREADS, "module-load")

@@ -9,8 +9,10 @@ its late answer is dropped; it keeps its place in the pool until it exits, so hu
 never outnumber the pool. Waits for a free worker and for the load are bounded by the timeout.
 
 Leaks are contained by recycling: after :attr:`WorkerLimits.messages` messages, or once its
-resident memory has grown by more than :attr:`WorkerLimits.rss_growth` since it loaded the
-module, a worker is stopped (``teardown`` runs) and the next message starts a fresh one.
+resident memory or its open file descriptors have grown by more than
+:attr:`WorkerLimits.rss_growth` or :attr:`WorkerLimits.fd_growth` since it loaded the module, a
+worker is stopped (``teardown`` runs) and the next message starts a fresh one. The limits are
+the filter's ``module_worker_max_*`` keys.
 
 The pipes are ours and read through the event loop; the worker's exit status is collected with
 ``Popen.poll``; the orphan reaper leaves a worker alone while the pool still waits for it
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from milter_agent import procs
+from milter_agent.config.model import WORKER_MAX_FDS, WORKER_MAX_MESSAGES, WORKER_MAX_RSS
 from milter_agent.errors import FilterError
 from milter_agent.filters.module_api import ModuleConfig, ModuleMessage
 from milter_agent.filters.module_common import DeadlinePassed, InUse, after_retired, within
@@ -52,9 +55,11 @@ class WorkerLimits:
     """When a worker is replaced by a fresh one; 0 turns a limit off."""
 
     #: messages a worker runs before it is replaced
-    messages: int = 10_000
+    messages: int = WORKER_MAX_MESSAGES
     #: growth of the worker's resident memory (VmRSS) since the module was loaded, in bytes
-    rss_growth: int = 256 * MIB
+    rss_growth: int = WORKER_MAX_RSS
+    #: growth of the worker's open file descriptors since the module was loaded
+    fd_growth: int = WORKER_MAX_FDS
 
 
 def resident_memory(pid: int) -> int | None:
@@ -67,6 +72,14 @@ def resident_memory(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def open_fds(pid: int) -> int | None:
+    """How many file descriptors a process has open, None if that cannot be read."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
 
 
 class ModuleTimeout(FilterError):
@@ -123,6 +136,7 @@ class WorkerProcess:
         self._buffer = bytearray()
         self.messages = 0
         self.loaded_rss: int | None = None
+        self.loaded_fds: int | None = None
 
     @property
     def pid(self) -> int:
@@ -299,6 +313,7 @@ class WorkerPool:
             self._discard(worker, kill=True)
             raise FilterError(value)
         worker.loaded_rss = resident_memory(worker.pid)
+        worker.loaded_fds = open_fds(worker.pid)
         log.info("module %s: worker %d started", self.config.module_name, worker.pid)
         return worker
 
@@ -336,10 +351,21 @@ class WorkerPool:
         limits = self.limits
         if limits.messages and worker.messages >= limits.messages:
             return f"after {worker.messages} messages"
-        rss = resident_memory(worker.pid) if limits.rss_growth else None
+        return self._memory_grown(worker) or self._fds_grown(worker)
+
+    def _memory_grown(self, worker: WorkerProcess) -> str:
+        rss = resident_memory(worker.pid) if self.limits.rss_growth else None
         base = worker.loaded_rss
-        if rss is not None and base is not None and rss - base > limits.rss_growth:
+        if rss is not None and base is not None and rss - base > self.limits.rss_growth:
             return f"after its memory grew from {base / MIB:.0f} to {rss / MIB:.0f} MiB"
+        return ""
+
+    def _fds_grown(self, worker: WorkerProcess) -> str:
+        """A module that leaks descriptors would otherwise end in EMFILE for every message."""
+        fds = open_fds(worker.pid) if self.limits.fd_growth else None
+        base = worker.loaded_fds
+        if fds is not None and base is not None and fds - base > self.limits.fd_growth:
+            return f"after its open file descriptors grew from {base} to {fds}"
         return ""
 
     def _leave_running(self, worker: WorkerProcess) -> None:

@@ -266,6 +266,11 @@ def test_filter_defaults() -> None:
     assert spec.error_threshold is None
     assert spec.stdin == "none" and spec.mode == "enforce"
     assert spec.max_message_size is None and spec.error_cooldown == 0
+    assert (
+        spec.module_worker_max_messages,
+        spec.module_worker_max_rss,
+        spec.module_worker_max_fds,
+    ) == (10_000, 256 * 1024 * 1024, 256)
     assert spec.verdict_for(0) == "continue"
     assert spec.program == "/bin/f"
     assert not spec.is_module
@@ -288,6 +293,9 @@ def test_every_filter_scalar_key() -> None:
         "mode = monitor",
         "max_message_size = 10M",
         "error_cooldown = 300",
+        "module_worker_max_messages = 500",
+        "module_worker_max_rss = 64M",
+        "module_worker_max_fds = 0",
     )
     assert spec.timeout == 2.5
     assert spec.reject_exit_codes == {1, 2}
@@ -310,6 +318,9 @@ def test_every_filter_scalar_key() -> None:
     assert spec.stdin == "message" and spec.mode == "monitor"
     assert spec.max_message_size == 10 * 1024 * 1024
     assert spec.error_cooldown == 300
+    assert spec.module_worker_max_messages == 500
+    assert spec.module_worker_max_rss == 64 * 1024 * 1024
+    assert spec.module_worker_max_fds == 0
 
 
 @pytest.mark.parametrize(
@@ -626,6 +637,9 @@ def _filter_text(line: str) -> str:
         ("max_message_size = 10T", "max_message_size", "size in bytes"),
         ("max_message_size = 0", "max_message_size", "more than 0"),
         ("error_cooldown = -5", "error_cooldown", "0 or more"),
+        ("module_worker_max_messages = -1", "module_worker_max_messages", "at least 0"),
+        ("module_worker_max_rss = 1T", "module_worker_max_rss", "size in bytes"),
+        ("module_worker_max_fds = many", "module_worker_max_fds", "whole number"),
         ('run_message_sender = ""', "run_message_sender", "empty list"),
         ('run_message_sender = "a(b"', "run_message_sender", "bad regular expression 'a(b'"),
         ('skip_message_subject = "[[:nope:]]"', "skip_message_subject", "bad regular expression"),
@@ -808,6 +822,20 @@ def test_regex_mode_from_the_command_line_decides_compilation() -> None:
 
 
 # --- warnings ----------------------------------------------------------------------------------
+
+
+def test_worker_limits_warn_without_module_safe_use() -> None:
+    text = (
+        '[Filter]\ntask_name = m\nmodule_name = "/m.py"\n'
+        "module_worker_max_rss = 1M\nmodule_worker_max_fds = 10\n"
+    )
+    assert parse(text).warnings == (
+        f"{PATH}:4: module_worker_max_rss: has no effect without module_safe_use "
+        "(worker processes)",
+        f"{PATH}:5: module_worker_max_fds: has no effect without module_safe_use "
+        "(worker processes)",
+    )
+    assert parse(text + "module_safe_use = yes\n").warnings == ()
 
 
 def test_warnings_for_changes_without_permission() -> None:

@@ -90,6 +90,9 @@ add_header_value = "from %s at %{macro:{daemon_name}}, 100%% \"sure\""
 task_name = mod
 module_name = "/usr/lib/mod.py"
 module_safe_use = yes
+module_worker_max_messages = 0
+module_worker_max_rss = 512M
+module_worker_max_fds = 1000
 
 [Address]
 task_name = mark
