@@ -56,6 +56,8 @@ class Engine:
         self.spool = spool
         self.now = now
         self.wants_content = bool(config.filters)
+        for spec in config.filters:
+            registry.get(spec.name).mode = spec.mode
 
     def decide_now(self, message: Message) -> Decision | None:
         """The decision without waiting, when no message filter is configured (address rules

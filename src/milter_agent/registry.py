@@ -75,6 +75,9 @@ class FilterState:
     #: not from the daemon's start, so a filter added by a reload is not idle at once.
     since: float = field(default_factory=time.time)
     limit: int = 0
+    #: the filter's mode in the configuration in force (the Engine built from it sets it),
+    #: for the metrics' mode label; configuration, not a statistic: reset() keeps it
+    mode: str = "enforce"
     _slots: asyncio.Semaphore | None = None
     _refusals: set[str] = field(default_factory=set)
 

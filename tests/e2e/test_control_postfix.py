@@ -129,9 +129,10 @@ def test_every_command_with_and_without_json(
     assert answer(agent, "addresses") == [rule]
     heading, row = text(agent, "3")
     assert heading.split() == [
-        "NAME", "MESSAGE_SENDER", "MESSAGE_RECIPIENT", "MATCHES", "CHANGES", "LAST_MATCH",
+        "NAME", "MESSAGE_SENDER", "MESSAGE_RECIPIENT", "RUN_TIME", "SKIP_TIME", "MATCHES",
+        "CHANGES", "LAST_MATCH",
     ]  # fmt: skip
-    assert row.split() == ["stamp", "-", "-", "3", "3", local_time(rule["last_match"])]
+    assert row.split() == ["stamp", "-", "-", "-", "-", "3", "3", local_time(rule["last_match"])]
     assert text(agent, "addresses") == [heading, row]
 
     filters = answer(agent, "2")

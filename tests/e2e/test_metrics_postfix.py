@@ -86,29 +86,13 @@ def test_metrics_and_ma_client_count_what_was_sent(
     m = samples(port)
     assert m[("milter_agent_messages_total", (("verdict", "continue"),))] == 2
     assert m[("milter_agent_messages_total", (("verdict", "reject"),))] == 1
-    assert (
-        m[
-            (
-                "milter_agent_filter_runs_total",
-                (("filter", "refuse_marked"), ("verdict", "continue")),
-            )
-        ]
-        == 2
-    )
-    assert (
-        m[("milter_agent_filter_runs_total", (("filter", "refuse_marked"), ("verdict", "reject")))]
-        == 1
-    )
-    assert m[("milter_agent_filter_duration_seconds_count", (("filter", "refuse_marked"),))] == 3
-    assert (
-        m[
-            (
-                "milter_agent_filter_duration_seconds_bucket",
-                (("filter", "refuse_marked"), ("le", "+Inf")),
-            )
-        ]
-        == 3
-    )
+    refuse_marked = (("filter", "refuse_marked"), ("mode", "enforce"))  # labels of its series
+    runs = "milter_agent_filter_runs_total"
+    assert m[(runs, (*refuse_marked, ("verdict", "continue")))] == 2
+    assert m[(runs, (*refuse_marked, ("verdict", "reject")))] == 1
+    assert m[("milter_agent_filter_duration_seconds_count", refuse_marked)] == 3
+    every = (("filter", "refuse_marked"), ("le", "+Inf"), ("mode", "enforce"))  # sorted labels
+    assert m[("milter_agent_filter_duration_seconds_bucket", every)] == 3
     assert m[("milter_agent_address_rule_matches_total", (("rule", "stamp"),))] == 3
     assert m[("milter_agent_address_rule_changes_total", (("rule", "stamp"),))] == 3
     assert m[("milter_agent_config_last_reload_success", ())] == 1

@@ -24,7 +24,9 @@ from milter_agent.config.parser import parse_config_text
 from milter_agent.control import client, protocol, stats
 from milter_agent.control.metrics import DaemonCollector, Snapshot
 from milter_agent.control.server import ControlServer
+from milter_agent.engine import Engine
 from milter_agent.registry import FilterState, Registry
+from milter_agent.spool import Spool
 
 NOBODY = pwd.getpwnam("nobody")
 ADMIN_GID = 4242  # a group id nobody is not in, unless the test gives it
@@ -404,10 +406,48 @@ def test_queue_timeouts_are_shown_apart_from_timeouts_and_reset() -> None:
     data = stats.state_data(state)
     assert (data["timeouts"], data["queue_timeouts"]) == (2, 3)
     samples = scrape(snapshot_of(("scan", state)))
-    assert samples[("milter_agent_filter_timeouts_total", (("filter", "scan"),))] == 2
-    assert samples[("milter_agent_filter_queue_timeouts_total", (("filter", "scan"),))] == 3
+    scan = (("filter", "scan"), ("mode", "enforce"))
+    assert samples[("milter_agent_filter_timeouts_total", scan)] == 2
+    assert samples[("milter_agent_filter_queue_timeouts_total", scan)] == 3
     state.reset()
     assert (state.timeouts, state.queue_timeouts) == (0, 0)
+
+
+def test_every_filter_series_has_the_filters_mode_as_set_by_the_engine(tmp_path: Path) -> None:
+    text = (
+        "[Filter]\ntask_name = scan\nexec_cmd = /bin/true\n"
+        "[Filter]\ntask_name = trial\nexec_cmd = /bin/true\nmode = monitor\n"
+    )
+    registry = Registry()
+    Engine(parse_config_text(text), registry, Spool(tmp_path))
+    scan, trial = registry.get("scan"), registry.get("trial")
+    scan.record_run("continue", 0.01)
+    trial.record_run("monitor:reject", 0.01)
+    samples = scrape(snapshot_of(("scan", scan), ("trial", trial)))
+    modes = {"scan": "enforce", "trial": "monitor"}
+    filter_series = [dict(labels) for name, labels in samples if "_filter_" in name]
+    assert filter_series and all(modes[s["filter"]] == s["mode"] for s in filter_series)
+    runs = "milter_agent_filter_runs_total"
+    trial_rejects = (("filter", "trial"), ("mode", "monitor"), ("verdict", "monitor:reject"))
+    assert samples[(runs, trial_rejects)] == 1
+    Engine(parse_config_text(text.replace("mode = monitor\n", "")), registry, Spool(tmp_path))
+    assert trial.mode == "enforce"  # the engine of a reload sets it anew
+
+
+def test_address_rules_show_their_time_conditions() -> None:
+    text = (
+        '[Address]\ntask_name = office\nrun_time = "* 8-17 * * mon-fri"\n'
+        'skip_time = "0-29 12 * * *"\nskip_time = "0,30 * 25 dec *"\nadd_recipient = w\n'
+        "[Address]\ntask_name = always\nadd_recipient = w\n"
+    )
+    office, always = stats.addresses(parse_config_text(text), Registry())
+    assert office["run_time"] == ["* 8-17 * * mon-fri"]
+    assert office["skip_time"] == ["0-29 12 * * *", "0,30 * 25 dec *"]
+    assert (always["run_time"], always["skip_time"]) == ([], [])
+    heading, first, second = client.render("addresses", [office, always]).splitlines()
+    assert heading.index("RUN_TIME") == first.index("* 8-17 * * mon-fri")
+    assert heading.index("SKIP_TIME") == first.index("0-29 12 * * *; 0,30 * 25 dec *")
+    assert second.split()[:5] == ["always", "-", "-", "-", "-"]
 
 
 def test_command_is_shown_as_shell_words() -> None:

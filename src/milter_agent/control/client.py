@@ -108,6 +108,8 @@ TIME_FIELDS = frozenset(
 )
 #: Fields holding file modes, shown in octal as they are written in the configuration.
 MODE_FIELDS = frozenset({"socket_mode"})
+#: Fields holding cron expressions: they have spaces (and commas) of their own.
+CRON_FIELDS = frozenset({"run_time", "skip_time"})
 HEADINGS = {"disabled_reason": "why", "single_instance": "instances"}
 
 FILTER_CONFIG_COLUMNS = ("name", "kind", "mode", "timeout", "single_instance", "line", "command")
@@ -120,6 +122,8 @@ ADDRESS_COLUMNS = (
     "name",
     "message_sender",
     "message_recipient",
+    "run_time",
+    "skip_time",
     "matches",
     "changes",
     "last_match",
@@ -144,6 +148,8 @@ def show(field: str, value: Any) -> str:
         return protocol.local_time(value)
     if field in MODE_FIELDS and isinstance(value, int):
         return f"{value:04o}"
+    if field in CRON_FIELDS and isinstance(value, list):
+        return "; ".join(map(str, value)) or "-"
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items()) or "-"
     if isinstance(value, list | tuple):

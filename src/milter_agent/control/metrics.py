@@ -102,7 +102,9 @@ def _address_metrics(rules: Iterable[tuple[str, FilterState]]) -> Iterator[Metri
 
 
 def _filter_metrics(filters: Iterable[tuple[str, FilterState]]) -> Iterator[Metric]:
-    prefix, labels = "milter_agent_filter_", ["filter"]
+    """Every series has the labels ``filter`` and ``mode`` (enforce or monitor), so a monitor
+    filter's series can be told apart without knowing the configuration."""
+    prefix, labels = "milter_agent_filter_", ["filter", "mode"]
     runs = CounterMetricFamily(
         f"{prefix}runs", "Filter runs, by verdict", labels=[*labels, "verdict"]
     )
@@ -127,14 +129,15 @@ def _filter_metrics(filters: Iterable[tuple[str, FilterState]]) -> Iterator[Metr
     durations = HistogramMetricFamily(f"{prefix}duration_seconds", "Filter run time", labels=labels)
     bounds = [str(b) for b in DURATION_BUCKETS] + ["+Inf"]
     for name, state in filters:
+        values = [name, state.mode]
         for verdict, count in sorted(state.verdicts.items()):
-            runs.add_metric([name, verdict], count)
+            runs.add_metric([*values, verdict], count)
         for attr, counter in counters.items():
-            counter.add_metric([name], getattr(state, attr))
+            counter.add_metric(values, getattr(state, attr))
         for attr, gauge in gauges.items():
-            gauge.add_metric([name], int(getattr(state, attr)))
+            gauge.add_metric(values, int(getattr(state, attr)))
         cumulative = list(zip(bounds, accumulate(state.histogram.counts), strict=True))
-        durations.add_metric([name], cumulative, state.histogram.total)
+        durations.add_metric(values, cumulative, state.histogram.total)
     yield runs
     yield from counters.values()
     yield from gauges.values()

@@ -117,6 +117,8 @@ def address_data(rule: AddressRule, state: FilterState) -> dict[str, Any]:
         "add_headers": [h.name for h in rule.add_headers],
         "change_headers": [h.name for h in rule.change_headers],
         "remove_headers": list(rule.remove_headers),
+        "run_time": [expression.text for expression in rule.run_time],
+        "skip_time": [expression.text for expression in rule.skip_time],
         "matches": state.runs,
         "changes": state.changes,
         "last_match": state.last_run,
