@@ -7,9 +7,11 @@ name from the highest index down so that both MTAs change the header meant.
 
 from __future__ import annotations
 
+from milter_agent.config.model import Settings
 from milter_agent.work import MessageWork
 from support.inproc import Edit, occurrence
-from support.smtp import build_message
+from support.sink import SmtpSink
+from support.smtp import build_message, send_message
 
 DUPS = [("X-Dup", "one"), ("X-Dup", "two"), ("X-Dup", "three"), ("X-Keep", "kept")]
 
@@ -17,8 +19,21 @@ DUPS = [("X-Dup", "one"), ("X-Dup", "two"), ("X-Dup", "three"), ("X-Keep", "kept
 REMOVE_DUPS = '[Address]\nremove_header_name = "X-Dup"\n'
 
 
+#: What the in-process server needs to be allowed for INDEX_CASES.
+INDEX_SETTINGS = Settings(allow_add_header=True, allow_change_header=True)
+
+
 def dups_message() -> bytes:
     return build_message(headers=DUPS)
+
+
+def deliver_dups(mta: tuple[str, int], sink: SmtpSink) -> tuple[list[str], list[str]]:
+    """Send the message with the repeated headers through the MTA at ``mta`` and return the
+    X-Dup and the X-Keep values the recipient got."""
+    result = send_message(mta, "a@example.org", ["b@example.net"], dups_message())
+    assert result.accepted, result
+    (msg,) = sink.wait_for(1)
+    return msg.header_values("X-Dup"), msg.header_values("X-Keep")
 
 
 def _set(index: int, value: str) -> Edit:

@@ -1,6 +1,7 @@
 """Golden test: every example of the 2008 seed document parses, unchanged, and means what it says.
 
-The examples are copied verbatim from the seed (shared/seed/000_92a3979c89bdb8f0.txt).
+The examples are copied verbatim from the seed (shared/seed/000_92a3979c89bdb8f0.txt) into
+support/seed.py, which the end-to-end tests share.
 """
 
 from __future__ import annotations
@@ -15,88 +16,11 @@ from milter_agent.config.options import parse_command_line
 from milter_agent.config.parser import parse_config_text
 from milter_agent.config.render import render_config
 from milter_agent.variables import expand_all
+from support.seed import ADDRESS_EXAMPLES, FILTER_EXAMPLES
 
 SEED_COMMAND_LINE = "-c /etc/mail/milter/milter-agent.conf -u mailnull -HIBFGARXavTM -m 5 -l 1"
 SEED_ARGV = SEED_COMMAND_LINE.split()
 NOW = datetime(2008, 1, 4, 19, 17)
-
-ADDRESS_EXAMPLES = {
-    "add_watcher_to_pair": """\
-[Address]
-message_sender = "user1@domain1.com"
-message_recipient = "user2@domain2.com"
-add_recipient = "user3"
-""",
-    "redirection": """\
-[Address]
-message_recipient = "^user1@"
-message_forward_recipient = "user2 user3"
-message_forward_recipient = "user4@domain4.net"
-""",
-    "duplication": """\
-[Address]
-message_recipient = "user56@domain99.com"
-add_recipient = "watching_user"
-""",
-    "forward_with_mark": """\
-[Address]
-message_recipient = "user1@domain1.com"
-message_forward_recipient = "user2@domain2.org"
-add_header_name = "X-Forward-Mail-From"
-add_header_value = "user1@domain1.com"
-""",
-}
-
-FILTER_EXAMPLES = {
-    "mail_archive": """\
-[Filter]
-task_name = mail_archive_task
-exec_cmd = "/usr/local/sbin/mail_archive.sh %f /usr/local/tmp/mail_archive"
-""",
-    "text_only": """\
-[Filter]
-task_name = test_html_mail_task
-task_timeout = 0
-reject_exit_codes = "1"
-reject_message = "HTML mail or attachments not accepted."
-run_message_sender = "user1"
-run_message_recipient = "user2"
-exec_cmd = "/usr/local/sbin/test_html_mail.sh %f"
-""",
-    "cure": """\
-[Filter]
-task_name = virus_cure_kav
-run_single_instance = 1
-exec_cmd = "/usr/local/sbin/kav50_cure_uue.sh %f %n"
-""",
-    "clamav": """\
-[Filter]
-task_name = virus_check_clamav
-run_single_instance = 1
-exec_cmd = "/usr/local/sbin/clamavscanner.sh %f /usr/local/share/clamav /usr/local/tmp/clamav_archive %r %h"
-""",
-    "various": """\
-[Filter]
-task_name = virus_check
-#reject_exit_codes = "1"
-run_single_instance = 1
-#skip_recipient = "root"
-#skip_message_subject = "ALERT! Virus Scanner Problem!"
-exec_cmd = "/usr/local/sbin/virus_scanner.sh /usr/local/tmp/avir_archive %f %r %n %h"
-""",
-    "module_sample": """\
-[Filter]
-task_name = module_sample_task
-module_name = "/usr/local/libexec/module_sample.so"
-exec_cmd = "%f"
-""",
-    "module_rhta": """\
-[Filter]
-task_name = test_rhta_mail_module_task
-module_name = "/usr/local/libexec/module_test_rhta_mail.so"
-exec_cmd = "%f"
-""",
-}
 
 REGEX_EXAMPLES = [
     'run_message_recipient = "test@home.jp"',
@@ -151,7 +75,7 @@ def test_all_examples_in_one_file_keep_their_order() -> None:
 
 
 def test_add_watcher_to_pair() -> None:
-    rule = only_rule(seed(ADDRESS_EXAMPLES["add_watcher_to_pair"]))
+    rule = only_rule(seed(ADDRESS_EXAMPLES["add watcher to pair"]))
     assert rule.applies("<user1@domain1.com>", ["<user2@domain2.com>"])
     assert rule.applies("user1@DOMAIN1.com", ["other@x", "user2@domain2.com"])
     assert not rule.applies("user9@domain1.com", ["user2@domain2.com"])
@@ -169,14 +93,14 @@ def test_redirection() -> None:
 
 
 def test_duplication() -> None:
-    rule = only_rule(seed(ADDRESS_EXAMPLES["duplication"]))
+    rule = only_rule(seed(ADDRESS_EXAMPLES["duplication of mail traffic"]))
     assert rule.applies("a@b", ["first@x", "user56@domain99.com"])
     assert not rule.applies("a@b", ["user56@domain99.co"])
     assert rule.add_recipient == ("watching_user",)
 
 
 def test_forward_with_service_mark() -> None:
-    rule = only_rule(seed(ADDRESS_EXAMPLES["forward_with_mark"]))
+    rule = only_rule(seed(ADDRESS_EXAMPLES["forwarding with service mark"]))
     assert rule.matching_recipients(["user1@domain1.com", "x@y"]) == ("user1@domain1.com",)
     assert rule.forward_recipients == ("user2@domain2.org",)
     (header,) = rule.add_headers
