@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from .util import SocketSpec, check_unix_path, make_traversable, pid_alive, tail, wait_until
+from .procs import group_members, stop_child
+from .util import SocketSpec, check_unix_path, make_traversable, tail, wait_until
 
 READY_MARKER = "listening on"
 
@@ -185,14 +186,7 @@ class MilterAgentDaemon:
         if proc is None:
             return self.returncode
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5.0)
+            stop_child(proc, timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
         self.returncode = proc.returncode
         self.leftover_pids = self._group_members(proc.pid)
         if self.leftover_pids:
@@ -204,20 +198,7 @@ class MilterAgentDaemon:
         self._files = []
         return self.returncode
 
-    @staticmethod
-    def _group_members(pgid: int) -> list[int]:
-        members: list[int] = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                    fields = f.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and pid_alive(int(entry)):
-                members.append(int(entry))
-        return members
+    _group_members = staticmethod(group_members)
 
     def __enter__(self) -> MilterAgentDaemon:
         self.start()

@@ -14,7 +14,6 @@ Pitfalls encoded here (all seen on Debian 12 / Postfix 3.7):
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import pty
@@ -22,22 +21,23 @@ import pwd
 import re
 import select
 import shutil
-import signal
 import socket
 import subprocess
-import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from .procs import LiveInstances, alive, children_of, kill_until_gone, owner_alive, write_owner
 from .util import (
     SocketSpec,
+    file_size,
     free_port,
+    fresh_root,
     make_traversable,
     pid_alive,
-    proc_start_time,
+    read_from,
     tail,
+    wait_for_match,
     wait_until,
 )
 
@@ -170,20 +170,6 @@ def _instance_processes() -> dict[str, list[int]]:
     return found
 
 
-def _owner_alive(root: Path) -> bool:
-    try:
-        pid_s, start_s = (root / "owner").read_text().split()
-    except (OSError, ValueError):
-        return False
-    return pid_alive(int(pid_s)) and str(proc_start_time(int(pid_s))) == start_s
-
-
-def _kill_all(pids: Sequence[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
 def reap_stale_instances(timeout: float = 15.0) -> list[str]:
     """Stop test instances left behind by a killed test run (their owner process is gone).
 
@@ -192,7 +178,7 @@ def reap_stale_instances(timeout: float = 15.0) -> list[str]:
     reaped: list[str] = []
     for config, pids in _instance_processes().items():
         root = Path(config).parent
-        if _owner_alive(root):
+        if owner_alive(root):
             continue
         postfix = find_postfix_tool("postfix")
         if postfix and Path(config, "main.cf").is_file():
@@ -203,33 +189,12 @@ def reap_stale_instances(timeout: float = 15.0) -> list[str]:
                     timeout=timeout,
                     check=False,
                 )
-        _kill_all(pids, signal.SIGTERM)
-        if not _wait_gone(pids, 3.0):
-            _kill_all([p for p in pids if pid_alive(p)], signal.SIGKILL)
+        kill_until_gone(alive(pids), 3.0, settle=0)
         reaped.append(config)
     return reaped
 
 
-def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
-    """True once none of ``pids`` is alive (bounded)."""
-    try:
-        wait_until(lambda: not any(pid_alive(p) for p in pids), timeout)
-    except TimeoutError:
-        return False
-    return True
-
-
-_live_instances: set[PostfixInstance] = set()
-_live_lock = threading.Lock()
-
-
-@atexit.register
-def _stop_all_at_exit() -> None:
-    with _live_lock:
-        instances = list(_live_instances)
-    for inst in instances:
-        with contextlib.suppress(Exception):
-            inst.stop()
+_live: LiveInstances[PostfixInstance] = LiveInstances()
 
 
 class PostfixInstance:
@@ -257,10 +222,7 @@ class PostfixInstance:
         self._postconf = find_postfix_tool("postconf") or "postconf"
         self._postsuper = find_postfix_tool("postsuper") or "postsuper"
         self._postqueue = find_postfix_tool("postqueue") or "postqueue"
-        parent = Path(parent_dir) if parent_dir else Path(tempfile.gettempdir())
-        parent.mkdir(parents=True, exist_ok=True)
-        # A fresh directory every time: leftovers of a killed run can never collide.
-        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=parent))
+        self.root = fresh_root(ROOT_PREFIX, parent_dir)
         self.config_dir = self.root / "etc"
         self.queue_dir = self.root / "spool"
         self.data_dir = self.root / "data"
@@ -439,7 +401,7 @@ class PostfixInstance:
             os.chmod(d, 0o755)
         # Postfix processes (user postfix) must be able to reach their directories.
         make_traversable(self.root)
-        (self.root / "owner").write_text(f"{os.getpid()} {proc_start_time(os.getpid())}\n")
+        write_owner(self.root)
 
     def _master_pid(self) -> int | None:
         try:
@@ -466,8 +428,7 @@ class PostfixInstance:
             self.port = free_port()
             self.listener_ports = {name: free_port() for name in self.listeners}
             self._write_config()
-            with _live_lock:
-                _live_instances.add(self)
+            _live.add(self)
             mark = self.log_mark()
             try:
                 self._run([self._postfix, "-c", str(self.config_dir), "start"], timeout=timeout)
@@ -527,22 +488,14 @@ class PostfixInstance:
             pass  # kernel without CONFIG_PROC_CHILDREN: scan parent pids instead
         else:
             return [int(x) for x in text.split()]
-        children: list[int] = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    stat = Path(f"/proc/{entry}/stat").read_text(errors="replace")
-                    if int(stat.rpartition(")")[2].split()[1]) == master:
-                        children.append(int(entry))
-        return children
+        return children_of(master)
 
     def _own_processes(self) -> list[int]:
         return _instance_processes().get(str(self.config_dir), [])
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the instance (idempotent); kills leftovers so that nothing survives."""
-        with _live_lock:
-            _live_instances.discard(self)
+        _live.discard(self)
         if self.running():
             with contextlib.suppress(PostfixError):
                 self._run([self._postfix, "-c", str(self.config_dir), "stop"], timeout=timeout)
@@ -551,15 +504,7 @@ class PostfixInstance:
 
     def _force_stop(self) -> None:
         """SIGTERM, then SIGKILL, whatever still runs with our MAIL_CONFIG."""
-        pids = self._own_processes()
-        if not pids:
-            return
-        _kill_all(pids, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            wait_until(lambda: not self._own_processes(), 5.0)
-        _kill_all(self._own_processes(), signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            wait_until(lambda: not self._own_processes(), 5.0)
+        kill_until_gone(self._own_processes, 5.0)
 
     def __enter__(self) -> PostfixInstance:
         self.start()
@@ -572,32 +517,18 @@ class PostfixInstance:
 
     def log_mark(self) -> int:
         """Current size of the maillog; pass it as ``since`` to see only newer lines."""
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
+        return file_size(self.log_path)
 
     def log_text(self, since: int = 0) -> str:
         """The maillog (from byte offset ``since``)."""
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(since)
-                return f.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
+        return read_from(self.log_path, since)
 
     def _log_tail(self, lines: int = 40) -> str:
         return tail(self.log_text(), lines)
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0, since: int = 0) -> re.Match[str]:
         """Wait until a line matching ``pattern`` (regex) appears after ``since``."""
-        rx = re.compile(pattern)
-        return wait_until(
-            lambda: rx.search(self.log_text(since)),
-            timeout,
-            interval=0.05,
-            message=lambda: f"no log line matching {pattern!r}\n{tail(self.log_text(since))}",
-        )
+        return wait_for_match(lambda: self.log_text(since), pattern, timeout)
 
     # ---- queue -------------------------------------------------------------------------
 

@@ -35,22 +35,38 @@ Pitfalls encoded here (Debian 12 / Sendmail 8.17.1.9; the first two found by sm.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import re
 import select
 import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .util import SocketSpec, check_unix_path, free_port, pid_alive, proc_start_time, tail
+from .procs import (
+    LiveInstances,
+    alive,
+    kill_until_gone,
+    owner_alive,
+    session_members,
+    stop_child,
+    write_owner,
+)
+from .util import (
+    SocketSpec,
+    check_unix_path,
+    file_size,
+    free_port,
+    fresh_root,
+    pid_alive,
+    read_from,
+    tail,
+    wait_for_match,
+)
 
 ROOT_PREFIX = "ma-sendmail-"
 ENSURE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ensure-sendmail.sh"
@@ -171,35 +187,6 @@ def _processes_under(directory: str) -> list[int]:
     return found
 
 
-def _session_members(sid: int) -> list[int]:
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and pid_alive(int(entry)):
-            found.append(int(entry))
-    return found
-
-
-def _kill_all(pids: Sequence[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _owner_alive(root: Path) -> bool:
-    try:
-        pid_s, start_s = (root / "owner").read_text().split()
-    except (OSError, ValueError):
-        return False
-    return pid_alive(int(pid_s)) and str(proc_start_time(int(pid_s))) == start_s
-
-
 def reap_stale_instances(timeout: float = 5.0) -> list[str]:
     """Kill the processes of instances left behind by a killed test run (owner gone).
 
@@ -215,13 +202,9 @@ def reap_stale_instances(timeout: float = 5.0) -> list[str]:
             by_root.setdefault(Path(m.group(1)), []).append(int(entry))
     reaped: list[str] = []
     for root, pids in by_root.items():
-        if _owner_alive(root):
+        if owner_alive(root):
             continue
-        _kill_all(pids, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        _kill_all([p for p in pids if pid_alive(p)], signal.SIGKILL)
+        kill_until_gone(alive(pids), timeout, settle=0)
         reaped.append(str(root))
     return reaped
 
@@ -305,17 +288,7 @@ class SyslogCatcher:
         self.socket_path.unlink(missing_ok=True)
 
 
-_live_instances: set[SendmailInstance] = set()
-_live_lock = threading.Lock()
-
-
-@atexit.register
-def _stop_all_at_exit() -> None:
-    with _live_lock:
-        instances = list(_live_instances)
-    for inst in instances:
-        with contextlib.suppress(Exception):
-            inst.stop()
+_live: LiveInstances[SendmailInstance] = LiveInstances()
 
 
 class SendmailInstance:
@@ -341,10 +314,7 @@ class SendmailInstance:
         self.binary = self.tree / BINARY
         if not self.binary.is_file():
             raise SendmailError(f"no Sendmail binary at {self.binary}")
-        parent = Path(parent_dir) if parent_dir else Path(tempfile.gettempdir())
-        parent.mkdir(parents=True, exist_ok=True)
-        # A fresh directory every time: leftovers of a killed run can never collide.
-        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=parent))
+        self.root = fresh_root(ROOT_PREFIX, parent_dir)
         self.queue_dir = self.root / "mqueue"
         self.log_dir = self.root / "log"
         self.mc_path = self.root / "sendmail.mc"
@@ -386,7 +356,7 @@ class SendmailInstance:
         (self.root / "hosts").write_text(
             f"127.0.0.1 {names}\n::1 localhost6 {host} {self.myhostname}\n"
         )
-        (self.root / "owner").write_text(f"{os.getpid()} {proc_start_time(os.getpid())}\n")
+        write_owner(self.root)
 
     def mc_text(self) -> str:
         """The sendmail.mc for the current settings."""
@@ -482,7 +452,7 @@ class SendmailInstance:
         SMTP sessions and deliveries, and the wrapper steps before the exec."""
         pids = set(_processes_under(str(self.root)))
         if self._proc is not None:
-            pids.update(_session_members(self._proc.pid))
+            pids.update(session_members(self._proc.pid))
         return sorted(pids)
 
     def start(self, timeout: float = 30.0, attempts: int = 5) -> None:
@@ -492,8 +462,7 @@ class SendmailInstance:
             return
         reap_stale_instances()
         self._syslog.start()
-        with _live_lock:
-            _live_instances.add(self)
+        _live.add(self)
         last = ""
         for _ in range(attempts):
             if not self.port:
@@ -586,30 +555,13 @@ class SendmailInstance:
         ``timeout``. Bounded; leaves no process behind."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(5.0)
-        left = self.processes()
-        if left:
-            _kill_all(left, signal.SIGTERM)
-            deadline = time.monotonic() + 3.0
-            while self.processes() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            _kill_all(self.processes(), signal.SIGKILL)
-            deadline = time.monotonic() + 5.0
-            while self.processes() and time.monotonic() < deadline:
-                time.sleep(0.02)
+            stop_child(proc, timeout, proc.kill)
+        kill_until_gone(self.processes, 3.0)
         self._running_mc = None
 
     def stop(self) -> None:
         """Stop the instance and its log catcher (idempotent, also after a failed start)."""
-        with _live_lock:
-            _live_instances.discard(self)
+        _live.discard(self)
         self._stop_processes()
         self._syslog.drain(timeout=0.5)
         self._syslog.stop()
@@ -623,53 +575,27 @@ class SendmailInstance:
 
     # ---- logs --------------------------------------------------------------------------
 
-    @staticmethod
-    def _read(path: Path, since: int = 0) -> str:
-        try:
-            with path.open("rb") as f:
-                f.seek(since)
-                return f.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-
     def _stdout_text(self) -> str:
-        return self._read(self.stdout_path)
+        return read_from(self.stdout_path)
 
     def log_mark(self) -> int:
         """Current size of the maillog; pass it as ``since`` to see only newer lines."""
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
+        return file_size(self.log_path)
 
     def log_text(self, since: int = 0) -> str:
         """Sendmail's syslog (from byte offset ``since``)."""
-        return self._read(self.log_path, since)
+        return read_from(self.log_path, since)
 
     def transactions_mark(self) -> int:
-        try:
-            return self.transactions_path.stat().st_size
-        except OSError:
-            return 0
+        return file_size(self.transactions_path)
 
     def transactions_text(self, since: int = 0) -> str:
         """The ``-X`` trace: every SMTP line in and out, prefixed by the process id."""
-        return self._read(self.transactions_path, since)
+        return read_from(self.transactions_path, since)
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0, since: int = 0) -> re.Match[str]:
         """Wait until a maillog line matching ``pattern`` (regex) appears after ``since``."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = rx.search(self.log_text(since))
-            if m:
-                return m
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"no maillog line matching {pattern!r} after {timeout:.1f}s\n"
-                    f"{tail(self.log_text(since))}"
-                )
-            time.sleep(0.05)
+        return wait_for_match(lambda: self.log_text(since), pattern, timeout, "maillog line")
 
     # ---- queue -------------------------------------------------------------------------
 

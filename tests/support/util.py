@@ -1,12 +1,15 @@
 """Small helpers shared by the support modules: bounded waiting, free ports, socket specs,
-directory permissions for the unprivileged ``postfix`` user."""
+directory permissions for the unprivileged ``postfix`` user, instance directories and the
+logs in them."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import stat
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,3 +167,44 @@ def proc_start_time(pid: int) -> int | None:
 def tail(text: str, lines: int = 40) -> str:
     """The last ``lines`` lines of ``text``, for error messages."""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def fresh_root(prefix: str, parent_dir: Path | str | None) -> Path:
+    """A new, empty directory named ``prefix...`` under ``parent_dir`` (the temp dir by
+    default) for one MTA instance."""
+    parent = Path(parent_dir) if parent_dir else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    # A fresh directory every time: leftovers of a killed run can never collide.
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+def file_size(path: Path) -> int:
+    """The size of ``path`` (0 while it does not exist): a mark for read_from()."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def read_from(path: Path, since: int = 0) -> str:
+    """The text of ``path`` from byte offset ``since`` ("" while it does not exist)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(since)
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_for_match(
+    read: Callable[[], str], pattern: str, timeout: float, what: str = "log line"
+) -> re.Match[str]:
+    """Wait until ``pattern`` (regex) matches what ``read()`` returns; the TimeoutError
+    shows the tail of that text."""
+    rx = re.compile(pattern)
+    return wait_until(
+        lambda: rx.search(read()),
+        timeout,
+        interval=0.05,
+        message=lambda: f"no {what} matching {pattern!r}\n{tail(read())}",
+    )
