@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +16,7 @@ from typing import Any
 from milter_agent import __version__
 from milter_agent.control import client
 from milter_agent.control.protocol import local_time
-from support.daemon import MilterAgentDaemon
+from support.daemon import MilterAgentDaemon, ma_client
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
 from support.smtp import SmtpResult, build_message, send_message
@@ -41,22 +39,6 @@ task_name = second
 reject_exit_codes = "0"
 exec_cmd = "/bin/grep -q REFUSE-ME %f"
 """
-
-
-def ma_client(agent: MilterAgentDaemon, *words: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from milter_agent.cli import client_main; raise SystemExit(client_main())",
-            agent.control_spec,
-            *words,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def answer(agent: MilterAgentDaemon, *words: str) -> Any:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable
 
@@ -13,7 +10,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.daemon import MilterAgentDaemon
+from support.daemon import MilterAgentDaemon, ma_json
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
@@ -102,21 +99,7 @@ def test_metrics_and_ma_client_count_what_was_sent(
     assert m[("milter_agent_spool_files", ())] == 0  # nothing in flight
     assert m[("milter_agent_spool_bytes", ())] == 0
     assert m[("milter_agent_uptime_seconds", ())] > 0
-    client = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from milter_agent.cli import client_main; raise SystemExit(client_main())",
-            agent.control_spec,
-            "2",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    (stats,) = json.loads(client.stdout)
+    (stats,) = ma_json(agent, "2")
     assert (stats["runs"], stats["verdicts"], stats["errors"]) == (
         3,
         {"continue": 2, "reject": 1},

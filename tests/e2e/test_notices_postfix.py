@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from support.daemon import MilterAgentDaemon
+from support.daemon import MilterAgentDaemon, ma_client
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
@@ -69,22 +67,6 @@ def notices(out: Path, count: int, agent: MilterAgentDaemon) -> list[list[str]]:
         message=lambda: f"{out.read_text() if out.exists() else 'no notices'}\n{agent.log_text()}",
     )
     return [line.split("|") for line in out.read_text().splitlines()]
-
-
-def ma_client(agent: MilterAgentDaemon, *words: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from milter_agent.cli import client_main; raise SystemExit(client_main())",
-            agent.control_spec,
-            *words,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_refused_reload_is_noticed_with_every_error(tmp_path: Path, milter_agent: Agent) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from support.daemon import MilterAgentDaemon
+from support.daemon import MilterAgentDaemon, ma_json
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
@@ -34,24 +33,6 @@ def send(
     return send_message(
         postfix.address, sender, list(rcpts), build_message(mail_from=sender, to=rcpts, **kw)
     )  # type: ignore[arg-type]
-
-
-def control(agent: MilterAgentDaemon, *words: str) -> object:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from milter_agent.cli import client_main; raise SystemExit(client_main())",
-            agent.control_spec,
-            *words,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return json.loads(out.stdout)
 
 
 def test_reject_with_the_filters_own_text(
@@ -180,7 +161,7 @@ exec_cmd = "/bin/sleep 60"
     assert result.accepted, result
     sink.wait_for(1)
     assert "filter slow failed: timed out after 1s and was killed" in agent.log_text()
-    stats = control(agent, "filters")[0]  # type: ignore[index]
+    stats = ma_json(agent, "filters")[0]
     assert (stats["timeouts"], stats["kills"], stats["errors"]) == (1, 1, 1)
 
 
@@ -231,11 +212,11 @@ exec_cmd = "/bin/sh -c 'kill -SEGV $$'"
     for _ in range(5):
         assert send(postfix).accepted
     sink.wait_for(5)
-    stats = control(agent, "filters")[0]  # type: ignore[index]
+    stats = ma_json(agent, "filters")[0]
     assert stats["errors"] == 3 and stats["disabled"] is True and stats["skipped"] == 2
     assert "filter crashing switched off" in agent.log_text()
-    control(agent, "enable", "crashing")
-    assert control(agent, "filters")[0]["disabled"] is False  # type: ignore[index]
+    ma_json(agent, "enable", "crashing")
+    assert ma_json(agent, "filters")[0]["disabled"] is False
 
 
 def test_shell_metacharacters_in_addresses_never_execute(

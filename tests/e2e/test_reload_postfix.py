@@ -3,16 +3,13 @@ use the new filters, a broken edit keeps the old ones and is reported on the con
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from support.daemon import MilterAgentDaemon
+from support.daemon import MilterAgentDaemon, ma_json
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
 from support.smtp import SmtpResult, build_message, send_message
@@ -50,23 +47,9 @@ def send_batch(
         return list(pool.map(one, range(count)))
 
 
-#: ma-client, as the installed entry point runs it.
-CLIENT = [
-    sys.executable,
-    "-c",
-    "from milter_agent.cli import client_main; raise SystemExit(client_main())",
-]
-
-
 def status(agent: MilterAgentDaemon) -> dict[str, object]:
-    out = subprocess.run(
-        [*CLIENT, agent.control_spec, "status", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    state: dict[str, object] = ma_json(agent, "status")
+    return state
 
 
 def tags(sink: SmtpSink, label: str) -> set[str]:
@@ -83,14 +66,7 @@ def tags_by_message(sink: SmtpSink, label: str) -> dict[str, list[str]]:
 
 
 def running(agent: MilterAgentDaemon, name: str) -> int:
-    out = subprocess.run(
-        [*CLIENT, agent.control_spec, "filters", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    (entry,) = [f for f in json.loads(out.stdout) if f["name"] == name]
+    (entry,) = [f for f in ma_json(agent, "filters") if f["name"] == name]
     return int(entry["running"])
 
 

@@ -9,6 +9,7 @@ Ready means: its stderr contains "listening on" AND the milter socket accepts a 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -17,12 +18,19 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .procs import group_members, stop_child
 from .util import SocketSpec, check_unix_path, make_traversable, tail, wait_until
 
 READY_MARKER = "listening on"
+
+#: ma-client, as the installed entry point runs it.
+MA_CLIENT = [
+    sys.executable,
+    "-c",
+    "from milter_agent.cli import client_main; raise SystemExit(client_main())",
+]
 
 
 class DaemonError(RuntimeError):
@@ -245,3 +253,21 @@ class MilterAgentDaemon:
     def peak_rss_kb(self) -> int:
         """Peak resident set size in KiB (VmHWM)."""
         return self._status_kb("VmHWM")
+
+
+def ma_client(
+    agent: MilterAgentDaemon, *words: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ma-client against ``agent``'s control socket (bounded: 30 s)."""
+    return subprocess.run(
+        [*MA_CLIENT, agent.control_spec, *words],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=check,
+    )
+
+
+def ma_json(agent: MilterAgentDaemon, *words: str) -> Any:
+    """The --json answer of an ma-client command that must exit 0."""
+    return json.loads(ma_client(agent, *words, "--json", check=True).stdout)
