@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from faults.faultkit import MilterClient, as_user, proc_ids, unprivileged_daemon
+from faults.faultkit import MilterClient, proc_ids, unprivileged_daemon
 from milter_agent.control import client as control_client
 from support.postfix import PostfixInstance
+from support.procs import as_user
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
 from support.util import free_port, pid_alive

@@ -11,9 +11,7 @@ that, so no fault test can forget to check the next message.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import pwd
 import socket
 import subprocess
 import sys
@@ -367,29 +365,3 @@ def proc_ids(pid: int) -> dict[str, list[int]]:
         for key in ("Uid", "Gid", "Groups")
         if line.startswith(key + ":")
     }
-
-
-def as_user(user: pwd.struct_passwd, action: Callable[[], object]) -> tuple[str, int]:
-    """Run ``action`` in a child process as ``user``: (its answer as JSON, 0), or the text and
-    exit code of a control-client error, or (the text, -1) of an OSError."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-            try:
-                answer, code = json.dumps(action()), 0
-            except control_client.ClientError as exc:
-                answer, code = str(exc), exc.code
-            except OSError as exc:
-                answer, code = str(exc), -1
-            os.write(write_end, json.dumps([answer, code]).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer, code = json.loads(pipe.read())
-    return answer, code

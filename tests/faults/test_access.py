@@ -28,7 +28,6 @@ from faults.faultkit import (
     SYSTEM_PYTHON,
     MilterClient,
     answers,
-    as_user,
     message_commands,
     proc_ids,
     unprivileged_daemon,
@@ -37,6 +36,7 @@ from faults.faultkit import (
 from milter_agent import protocol as p
 from milter_agent.control import client as control_client
 from support.daemon import MilterAgentDaemon
+from support.procs import as_user
 from support.util import free_port
 
 Agent = Callable[..., MilterAgentDaemon]

@@ -1,18 +1,23 @@
 """Process helpers shared by the MTA and daemon wrappers (postfix.py, sendmail.py, daemon.py):
 stopping a child and whatever it left behind, finding the members of a process group or
-session, and the ``owner`` file by which a stale-instance reaper knows a run is gone."""
+session, the ``owner`` file by which a stale-instance reaper knows a run is gone, and running
+a check as another user."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
+import pwd
 import signal
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
+
+from milter_agent.control.client import ClientError
 
 from .util import pid_alive, proc_start_time, wait_until
 
@@ -106,6 +111,35 @@ def owner_alive(root: Path) -> bool:
     except (OSError, ValueError):
         return False
     return pid_alive(int(pid_s)) and str(proc_start_time(int(pid_s))) == start_s
+
+
+def as_user(
+    user: pwd.struct_passwd, action: Callable[[], object], groups: Sequence[int] = ()
+) -> tuple[str, int]:
+    """Run ``action`` in a child process as ``user`` with the supplementary ``groups``: (its
+    answer as JSON, 0), or the text and exit code of a control-client error, or (the text, -1)
+    of an OSError."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups(list(groups))
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            try:
+                answer, code = json.dumps(action()), 0
+            except ClientError as exc:
+                answer, code = str(exc), exc.code
+            except OSError as exc:
+                answer, code = str(exc), -1
+            os.write(write_end, json.dumps([answer, code]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer, code = json.loads(pipe.read())
+    return answer, code
 
 
 class _Stoppable(Protocol):

@@ -27,6 +27,7 @@ from milter_agent.control.server import ControlServer
 from milter_agent.engine import Engine
 from milter_agent.registry import FilterState, Registry
 from milter_agent.spool import Spool
+from support.procs import as_user
 
 NOBODY = pwd.getpwnam("nobody")
 ADMIN_GID = 4242  # a group id nobody is not in, unless the test gives it
@@ -42,25 +43,7 @@ def public_dir() -> Iterator[Path]:
 
 def as_nobody(path: str, groups: list[int]) -> tuple[str, int]:
     """Ask the control socket from a child process running as nobody; (answer, client code)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to nobody, ask, report through the pipe, exit
-        try:
-            os.setgroups(groups)
-            os.setgid(NOBODY.pw_gid)
-            os.setuid(NOBODY.pw_uid)
-            try:
-                answer, code = json.dumps(client.ask(path, "status", timeout=5)), 0
-            except client.ClientError as exc:
-                answer, code = str(exc), exc.code
-            os.write(write_end, json.dumps([answer, code]).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer, code = json.loads(pipe.read())
-    return answer, code
+    return as_user(NOBODY, lambda: client.ask(path, "status", timeout=5), groups)
 
 
 def serve_and_ask(directory: Path, groups: list[int], admin_gid: int | None) -> tuple[str, int]:
