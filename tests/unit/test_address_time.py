@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from milter_agent.config.options import parse_command_line
-from milter_agent.config.parser import parse_config_text
 from milter_agent.engine import Engine
 from milter_agent.filters.address import apply_address_rule
-from milter_agent.message import Client, Message
+from milter_agent.message import Message
 from milter_agent.registry import Registry
 from milter_agent.spool import Spool
 from milter_agent.work import MessageWork
+from support.engine import make_engine, parse, small_message
 
 OFFICE_HOURS = """
 [Address]
@@ -27,21 +25,11 @@ add_recipient = "watcher@example.com"
 
 
 def message(tmp_path: Path) -> Message:
-    spool_file = tmp_path / "m.msg"
-    spool_file.write_bytes(b"Subject: hi\r\n\r\nbody\r\n")
-    return Message(
-        Client("client.example", "192.0.2.1", 25, "4", "helo.example"),
-        "<a@example.org>",
-        recipients=["<b@example.com>"],
-        headers=[("Subject", " hi")],
-        spool_path=spool_file,
-        size=21,
-        body_size=6,
-    )
+    return small_message(tmp_path / "m.msg")
 
 
 def added_at(tmp_path: Path, when: datetime) -> list[str]:
-    config = parse_config_text(textwrap.dedent(OFFICE_HOURS), "/t.conf", parse_command_line(["-A"]))
+    config = parse(OFFICE_HOURS, "-A")
     (rule,) = config.address_rules
     work = MessageWork(message(tmp_path), Spool(tmp_path / "spool"), config.settings)
     done = apply_address_rule(rule, work, dict, lambda what, switch: None, when)
@@ -58,10 +46,7 @@ def test_the_rule_applies_only_in_its_time(tmp_path: Path) -> None:
 
 
 def run_engine(tmp_path: Path, text: str, now: Callable[[], datetime] = datetime.now) -> list[str]:
-    config = parse_config_text(textwrap.dedent(text), "/t.conf", parse_command_line(["-A"]))
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    decision = asyncio.run(Engine(config, Registry(), spool, now).run(message(tmp_path)))
+    decision = asyncio.run(make_engine(tmp_path, text, "-A", now=now).run(message(tmp_path)))
     return decision.changes.add_recipients
 
 
@@ -81,7 +66,7 @@ def test_through_the_engine_with_its_clock(tmp_path: Path) -> None:
     assert run_engine(tmp_path, OFFICE_HOURS, lambda: monday_9) == ["<watcher@example.com>"]
     assert run_engine(tmp_path, OFFICE_HOURS, lambda: sunday_9) == []
     assert run_engine(tmp_path, OFFICE_HOURS, lambda: lunch) == []
-    config = parse_config_text(OFFICE_HOURS, "/t.conf", parse_command_line(["-A"]))
+    config = parse(OFFICE_HOURS, "-A")
     spool = Spool(tmp_path / "spool")
     for now, added in ((monday_9, ["<watcher@example.com>"]), (sunday_9, [])):
         decision = Engine(config, Registry(), spool, now=lambda when=now: when).decide_now(

@@ -6,8 +6,6 @@ import asyncio
 import json
 import logging
 import sys
-import textwrap
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -17,44 +15,22 @@ from milter_agent.config.parser import parse_config_text
 from milter_agent.control import stats
 from milter_agent.engine import Engine
 from milter_agent.filters.results import make_reply, parse_header_lines, text_lines
-from milter_agent.message import Client, Message
+from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Verdict
-from milter_agent.registry import Registry
-from milter_agent.spool import Spool
+from support.engine import BODY, HEADERS, make_engine, spooled_message
 
-HEADERS = [("From", " <a@example.com>"), ("To", " <b@example.com>"), ("Subject", " Hello there")]
-BODY = b"body line\r\n"
+MACROS = {"i": "QID42", "{auth_authen}": "alice", "j": "mx.example"}
 
 
 def message(tmp_path: Path, recipients: tuple[str, ...] = ("<b@example.com>",)) -> Message:
     spool_file = tmp_path / "spool" / "m.msg"
-    head = b"".join(f"{n}:{v}\r\n".encode() for n, v in HEADERS)
-    spool_file.write_bytes(head + b"\r\n" + BODY)
-    return Message(
-        Client("client.example", "192.0.2.1", 25, "4", "helo.example"),
-        "<a@example.com>",
-        recipients=list(recipients),
-        headers=list(HEADERS),
-        macros={"i": "QID42", "{auth_authen}": "alice", "j": "mx.example"},
-        spool_path=spool_file,
-        size=len(head) + 2 + len(BODY),
-        body_size=len(BODY),
-    )
-
-
-def engine(tmp_path: Path, text: str, *argv: str) -> Engine:
-    config = parse_config_text(textwrap.dedent(text), "/t.conf", parse_command_line(list(argv)))
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    registry = Registry()
-    registry.configure((f.name, f.single_instance) for f in config.filters)
-    return Engine(config, registry, spool, now=lambda: datetime(2026, 11, 25, 10, 0))
+    return spooled_message(spool_file, "<a@example.com>", recipients, HEADERS, BODY, MACROS)
 
 
 def run(
     tmp_path: Path, text: str, *argv: str, recipients: tuple[str, ...] = ("<b@example.com>",)
 ) -> tuple[Engine, Decision]:
-    eng = engine(tmp_path, text, *argv)
+    eng = make_engine(tmp_path, text, *argv)
     decision = asyncio.run(eng.run(message(tmp_path, recipients)))
     return eng, decision
 
@@ -137,7 +113,7 @@ def test_header_add_change_remove_become_the_right_actions(tmp_path: Path) -> No
 def test_refused_changes_are_logged_once_and_not_made(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    eng = engine(
+    eng = make_engine(
         tmp_path,
         """
         [Address]
@@ -254,7 +230,9 @@ def test_filter_error_skips_without_E_and_tempfails_with_E(tmp_path: Path) -> No
 
 
 def test_threshold_switches_filter_off_and_reload_switches_it_on(tmp_path: Path) -> None:
-    eng = engine(tmp_path, filter_section("/bin/sh -c 'kill -TERM $$'", "error_threshold = 2\n"))
+    eng = make_engine(
+        tmp_path, filter_section("/bin/sh -c 'kill -TERM $$'", "error_threshold = 2\n")
+    )
     for _ in range(4):
         asyncio.run(eng.run(message(tmp_path)))
     state = eng.registry.get("f")
@@ -306,7 +284,7 @@ def test_monitor_error_never_decides_the_message_even_with_E(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     section = filter_section("/bin/sh -c 'kill -TERM $$'", "mode = monitor\nerror_threshold = 2\n")
-    eng = engine(tmp_path, section, "-E")
+    eng = make_engine(tmp_path, section, "-E")
     state = eng.registry.get("f")
     outcomes = []
     for _ in range(3):
@@ -316,7 +294,7 @@ def test_monitor_error_never_decides_the_message_even_with_E(
     # counted as errors, toward the threshold; switched off (visibly) after two
     assert outcomes == ["monitor:error", "monitor:error", "skipped:disabled"]
     assert (state.errors, state.verdicts["monitor:error"], state.disabled) == (2, 2, True)
-    d = asyncio.run(engine(tmp_path, section, "-E").run(message(tmp_path)))
+    d = asyncio.run(make_engine(tmp_path, section, "-E").run(message(tmp_path)))
     assert d.steps[0].detail == (
         "killed by signal SIGTERM; enforced, it would tempfail the message (-E)"
     )
@@ -331,24 +309,24 @@ def test_an_internal_error_in_a_monitor_filter_does_not_decide_the_message(
         raise OSError("No space left on device")
 
     monkeypatch.setattr(Engine, "_execute", broken)
-    eng = engine(tmp_path, filter_section("/bin/true", "mode = monitor\n"))
+    eng = make_engine(tmp_path, filter_section("/bin/true", "mode = monitor\n"))
     d = asyncio.run(eng.run(message(tmp_path)))
     assert d.verdict is Verdict.CONTINUE and d.steps[0].outcome == "monitor:error"
     assert "No space left on device" in d.steps[0].detail
     with pytest.raises(OSError, match="No space left"):  # enforced: the session's default_action
-        asyncio.run(engine(tmp_path, filter_section("/bin/true")).run(message(tmp_path)))
+        asyncio.run(make_engine(tmp_path, filter_section("/bin/true")).run(message(tmp_path)))
 
 
 def test_max_message_size_skip_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "milter_agent.engine")
     size = sum(len(f"{n}:{v}\r\n") for n, v in HEADERS) + 2 + len(BODY)
-    eng = engine(tmp_path, filter_section("/bin/true", f"max_message_size = {size - 1}\n"))
+    eng = make_engine(tmp_path, filter_section("/bin/true", f"max_message_size = {size - 1}\n"))
     d = asyncio.run(eng.run(message(tmp_path)))
     assert d.steps[0].outcome == "skipped:max_message_size"
     assert f"QID42: filter f skipped: {size} bytes is over max_message_size" in caplog.text
     assert eng.registry.get("f").skipped == 1
     caplog.clear()
-    eng = engine(tmp_path, filter_section("/bin/true", f"max_message_size = {size}\n"))
+    eng = make_engine(tmp_path, filter_section("/bin/true", f"max_message_size = {size}\n"))
     assert asyncio.run(eng.run(message(tmp_path))).steps[0].outcome == "continue"
     assert "max_message_size" not in caplog.text
 
@@ -434,7 +412,7 @@ def test_skipped_filters_say_why(tmp_path: Path) -> None:
 def test_error_cooldown_switches_the_filter_back_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    eng = engine(
+    eng = make_engine(
         tmp_path,
         filter_section("/bin/sh -c 'kill -TERM $$'", "error_threshold = 1\nerror_cooldown = 60\n"),
     )
@@ -451,7 +429,7 @@ def test_error_cooldown_switches_the_filter_back_on(
 
 
 def test_manual_switch_off_is_not_undone_by_cooldown(tmp_path: Path) -> None:
-    eng = engine(tmp_path, filter_section("/bin/true", "error_cooldown = 1\n"))
+    eng = make_engine(tmp_path, filter_section("/bin/true", "error_cooldown = 1\n"))
     state = eng.registry.get("f")
     state.disable("by hand")
     state.disabled_at = 0.0

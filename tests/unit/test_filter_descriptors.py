@@ -7,18 +7,12 @@ import asyncio
 import os
 import re
 import socket
-import textwrap
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from milter_agent.config.options import parse_command_line
-from milter_agent.config.parser import parse_config_text
-from milter_agent.engine import Engine
-from milter_agent.message import Client, Message
-from milter_agent.registry import Registry
-from milter_agent.spool import Spool
+from support.engine import make_engine, small_message
 
 _FD_LINE = re.compile(r" (\d+) -> (.*)$")
 
@@ -32,24 +26,8 @@ def run_listing_filter(tmp_path: Path, *argv: str) -> dict[int, str]:
     task_name = fds
     exec_cmd = "/bin/sh -c 'exec /bin/ls -l /proc/self/fd > $0' {out}"
     """
-    config = parse_config_text(textwrap.dedent(text), "/t.conf", parse_command_line(list(argv)))
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    registry = Registry()
-    registry.configure((f.name, f.single_instance) for f in config.filters)
-    spool_file = tmp_path / "spool" / "m.msg"
-    spool_file.write_bytes(b"Subject: hi\r\n\r\nbody\r\n")
-    message = Message(
-        Client("client.example", "192.0.2.1", 25, "4", "helo.example"),
-        "<a@example.org>",
-        recipients=["<b@example.com>"],
-        headers=[("Subject", " hi")],
-        spool_path=spool_file,
-        size=21,
-        body_size=6,
-    )
-    engine = Engine(config, registry, spool, now=lambda: datetime(2026, 1, 5, 10, 0))
-    decision = asyncio.run(engine.run(message))
+    engine = make_engine(tmp_path, text, *argv, now=lambda: datetime(2026, 1, 5, 10, 0))
+    decision = asyncio.run(engine.run(small_message(tmp_path / "spool" / "m.msg")))
     assert [step.outcome for step in decision.steps] == ["continue"], decision.steps
     found: dict[int, str] = {}
     for line in out.read_text().splitlines():

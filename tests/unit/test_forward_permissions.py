@@ -12,20 +12,14 @@ import json
 import logging
 import os
 import pwd
-import textwrap
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from milter_agent.cli import main
-from milter_agent.config.options import parse_command_line
-from milter_agent.config.parser import parse_config_text
-from milter_agent.engine import Engine
-from milter_agent.message import Client, Message
 from milter_agent.pipeline import Decision
-from milter_agent.registry import Registry
-from milter_agent.spool import Spool
+from support.engine import make_engine, small_message
 
 FORWARD = """
 [Address]
@@ -39,26 +33,12 @@ RECIPIENTS = ["<user1@example.com>", "<other@example.com>"]
 ME = pwd.getpwuid(os.geteuid()).pw_name  # -u as ourselves: `test` runs filters as -u does
 
 
-def message(tmp_path: Path) -> Message:
-    spool_file = tmp_path / "m.msg"
-    spool_file.write_bytes(b"Subject: hi\r\n\r\nbody\r\n")
-    return Message(
-        Client("client.example", "192.0.2.1", 25, "4", "helo.example"),
-        "<a@example.org>",
-        recipients=list(RECIPIENTS),
-        headers=[("Subject", " hi")],
-        spool_path=spool_file,
-        size=21,
-        body_size=6,
-    )
-
-
 def run_engine(tmp_path: Path, *argv: str, messages: int = 1) -> list[Decision]:
-    config = parse_config_text(textwrap.dedent(FORWARD), "/t.conf", parse_command_line(list(argv)))
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    engine = Engine(config, Registry(), spool, now=lambda: datetime(2026, 1, 5, 10, 0))
-    return [asyncio.run(engine.run(message(tmp_path))) for _ in range(messages)]
+    engine = make_engine(tmp_path, FORWARD, *argv, now=lambda: datetime(2026, 1, 5, 10, 0))
+    return [
+        asyncio.run(engine.run(small_message(tmp_path / "m.msg", RECIPIENTS)))
+        for _ in range(messages)
+    ]
 
 
 @pytest.mark.parametrize(("switches", "missing"), [("-R", "-A"), ("-A", "-R"), ("-H", "-AR")])

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from email.parser import BytesParser
 from pathlib import Path
 from types import MappingProxyType
@@ -33,14 +32,12 @@ from milter_agent.filters.module import ModuleHost
 from milter_agent.filters.module_api import ModuleMessage, ModuleResult
 from milter_agent.filters.module_load import load_module, module_kind, normalize_outcome
 from milter_agent.filters.module_threads import ThreadPool
-from milter_agent.message import Client, Message
+from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Verdict
-from milter_agent.registry import Registry
-from milter_agent.spool import Spool
+from support.engine import BODY, HEADERS, spooled_message
+from support.engine import make_engine as engine_for
 
 REPO = Path(__file__).resolve().parents[2]
-HEADERS = [("From", " <a@example.com>"), ("To", " <b@example.com>"), ("Subject", " Hello there")]
-BODY = b"body line\r\n"
 MSG = ModuleMessage("a@example.com", ("b@example.com",), (("Subject", "Hi"),), {"i": "Q1"})
 
 
@@ -90,28 +87,15 @@ def call(host: ModuleHost, filter_spec: FilterSpec, args: list[str] | None = Non
 
 def message(tmp_path: Path) -> Message:
     spool_file = tmp_path / "spool" / "m.msg"
-    head = b"".join(f"{n}:{v}\r\n".encode() for n, v in HEADERS)
-    spool_file.write_bytes(head + b"\r\n" + BODY)
-    return Message(
-        Client("client.example", "192.0.2.1", 25, "4", "helo.example"),
-        "<a@example.com>",
-        recipients=["<b@example.com>"],
-        headers=list(HEADERS),
-        macros={"i": "QID42"},
-        spool_path=spool_file,
-        size=len(head) + 2 + len(BODY),
-        body_size=len(BODY),
+    return spooled_message(
+        spool_file, "<a@example.com>", ["<b@example.com>"], HEADERS, BODY, {"i": "QID42"}
     )
 
 
 def make_engine(tmp_path: Path, text: str, *argv: str) -> Engine:
-    config = parse_config_text(textwrap.dedent(text), "/t.conf", parse_command_line(list(argv)))
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    registry = Registry()
-    registry.configure((f.name, f.single_instance) for f in config.filters)
-    modules.HOST.configure(config.filters)
-    return Engine(config, registry, spool, now=lambda: datetime(2026, 11, 25, 10, 0))
+    eng = engine_for(tmp_path, text, *argv)
+    modules.HOST.configure(eng.config.filters)
+    return eng
 
 
 def run(tmp_path: Path, text: str, *argv: str, messages: int = 1) -> tuple[Engine, Decision]:
