@@ -64,6 +64,13 @@ def make(tmp_path: Path, pipeline: object, **kw: object) -> Session:
     return Session(services, "test")
 
 
+async def opened(tmp_path: Path, pipeline: object, **kw: object) -> Session:
+    """A session made by make(), past option negotiation, connect and HELO."""
+    session = make(tmp_path, pipeline, **kw)
+    await open_session(session)
+    return session
+
+
 def spooled(tmp_path: Path) -> list[str]:
     return os.listdir(tmp_path / "spool")
 
@@ -84,8 +91,7 @@ def test_spool_file_is_the_message_as_received_0600_and_removed(tmp_path: Path) 
     rec = Recorder()
 
     async def go() -> None:
-        session = make(tmp_path, rec)
-        await open_session(session)
+        session = await opened(tmp_path, rec)
         body = bytes(range(256)) * 3 + b"\r\n"
         headers = (("Subject", " caf\udce9 8-bit"), ("X-Folded", " a\r\n\tb"), ("X-Tight", "v"))
         assert await send_message(session, headers=headers, body=body) == [p.Continue()]
@@ -103,8 +109,7 @@ def test_envelope_macros_and_queue_id_reach_the_pipeline(tmp_path: Path) -> None
     rec = Recorder()
 
     async def go() -> None:
-        session = make(tmp_path, rec)
-        await open_session(session)
+        session = await opened(tmp_path, rec)
         await send(session, p.Macro(b"M", {"{auth_authen}": "joe"}))
         await send_message(session, recipients=("<b@x.org>", "<c@y.org>"), queue_id="4XyZ")
         msg = rec.seen[0]
@@ -121,8 +126,7 @@ def test_macros_of_later_stages_are_dropped_by_a_new_mail(tmp_path: Path) -> Non
     rec = Recorder()
 
     async def go() -> None:
-        session = make(tmp_path, rec)
-        await open_session(session)
+        session = await opened(tmp_path, rec)
         await send(session, p.Macro(b"R", {"{rcpt_mailer}": "smtp"}))
         await send(session, p.Mail("<a@b>"))
         assert b"R" not in session.macros
@@ -133,8 +137,7 @@ def test_macros_of_later_stages_are_dropped_by_a_new_mail(tmp_path: Path) -> Non
 
 def test_abort_and_disconnect_remove_the_spool_file(tmp_path: Path) -> None:
     async def go() -> None:
-        session = make(tmp_path, Recorder())
-        await open_session(session)
+        session = await opened(tmp_path, Recorder())
         for command in (p.Mail("<a@b>"), p.Rcpt("<c@d>"), p.Data(), p.Header("S", " x")):
             await send(session, command)
         assert len(spooled(tmp_path)) == 1
@@ -160,8 +163,7 @@ def test_changes_become_actions_in_order_then_continue(tmp_path: Path) -> None:
     )
 
     async def go() -> None:
-        session = make(tmp_path, Recorder(Decision(changes=changes)))
-        await open_session(session)
+        session = await opened(tmp_path, Recorder(Decision(changes=changes)))
         out = await send_message(session)
         assert out[:4] == [
             p.AddHeader("X-Added", "yes"),
@@ -183,8 +185,7 @@ def test_change_not_negotiated_is_not_made(tmp_path: Path) -> None:
 
     async def go() -> None:
         decision = Decision(changes=Changes(new_body=body, add_headers=[("X-A", "1")]))
-        session = make(tmp_path, Recorder(decision), change_body=False)
-        await open_session(session)
+        session = await opened(tmp_path, Recorder(decision), change_body=False)
         assert await send_message(session) == [p.AddHeader("X-A", "1"), p.Continue()]
 
     asyncio.run(go())
@@ -205,8 +206,7 @@ def test_change_not_negotiated_is_not_made(tmp_path: Path) -> None:
 )
 def test_verdicts(tmp_path: Path, decision: Decision, expected: p.Response) -> None:
     async def go() -> None:
-        session = make(tmp_path, Recorder(decision))
-        await open_session(session)
+        session = await opened(tmp_path, Recorder(decision))
         assert await send_message(session) == [expected]
 
     asyncio.run(go())
@@ -216,8 +216,7 @@ def test_rejected_message_gets_no_modifications(tmp_path: Path) -> None:
     decision = Decision(Verdict.REJECT, changes=Changes(add_headers=[("X-A", "1")]))
 
     async def go() -> None:
-        session = make(tmp_path, Recorder(decision))
-        await open_session(session)
+        session = await opened(tmp_path, Recorder(decision))
         assert await send_message(session) == [p.Reject()]
 
     asyncio.run(go())
@@ -231,8 +230,7 @@ def test_pipeline_exception_gives_the_default_action(
     tmp_path: Path, default: Verdict, expected: p.Response, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def go() -> None:
-        session = make(tmp_path, Boom(), default_action=default)
-        await open_session(session)
+        session = await opened(tmp_path, Boom(), default_action=default)
         assert await send_message(session) == [expected]
         # the connection goes on: a second message is handled too
         assert await send_message(session) == [expected]
@@ -257,8 +255,7 @@ def test_spool_failure_tempfails_that_message_only(tmp_path: Path) -> None:
 
 def test_slow_pipeline_sends_progress_before_the_verdict(tmp_path: Path) -> None:
     async def go() -> None:
-        session = make(tmp_path, Recorder(delay=0.25), progress_interval=0.05)
-        await open_session(session)
+        session = await opened(tmp_path, Recorder(delay=0.25), progress_interval=0.05)
         out = await send_message(session)
         assert out[-1] == p.Continue()
         assert out.count(p.Progress()) >= 2
@@ -268,8 +265,7 @@ def test_slow_pipeline_sends_progress_before_the_verdict(tmp_path: Path) -> None
 
 def test_one_log_line_per_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def go() -> None:
-        session = make(tmp_path, PassThrough())
-        await open_session(session)
+        session = await opened(tmp_path, PassThrough())
         await send_message(session, queue_id="ABC123")
 
     caplog.set_level("INFO")
@@ -299,8 +295,7 @@ def test_headers_up_to_the_cap_are_held(tmp_path: Path) -> None:
     rec = Recorder()
 
     async def go() -> None:
-        session = make(tmp_path, rec, max_header_size=3000)
-        await open_session(session)
+        session = await opened(tmp_path, rec, max_header_size=3000)
         headers = (header_of(1000, "X-A"), header_of(2000, "X-B"))  # exactly 3000 bytes
         assert await send_message(session, headers=headers) == [p.Continue()]
         assert rec.seen[0].header_size == 3000
@@ -316,8 +311,7 @@ def test_headers_over_the_cap_reject_the_message(
     rec = Recorder()
 
     async def go() -> None:
-        session = make(tmp_path, rec, max_header_size=3000)
-        await open_session(session)
+        session = await opened(tmp_path, rec, max_header_size=3000)
         headers = (header_of(1000, "X-A"), header_of(2001, "X-B"), header_of(10, "X-C"))
         out = await send_message(session, headers=headers, queue_id="BIG1")
         assert out == [p.ReplyCode("552", "5.3.4", ("message header too large",))]
@@ -352,8 +346,7 @@ def test_a_transaction_with_a_recipient_ending_without_eom_gets_its_line(
     caplog.set_level("INFO")
 
     async def go() -> None:
-        session = make(tmp_path, Recorder())
-        await open_session(session)
+        session = await opened(tmp_path, Recorder())
         await send(session, p.Mail("<a@example.com>"))
         await send(session, p.Macro(b"R", {"i": "QIDR"}))
         for command in (p.Rcpt("<b@example.com>"), p.Data(), p.Header("Subject", " x")):
@@ -375,8 +368,7 @@ def test_a_transaction_without_recipients_is_logged_at_debug_level_only(
     caplog.set_level("DEBUG")
 
     async def go() -> None:
-        session = make(tmp_path, PassThrough())
-        await open_session(session)
+        session = await opened(tmp_path, PassThrough())
         await send(session, p.Mail("<a@example.com>"))
         await send(session, p.Abort())  # Postfix refused every RCPT
         await send(session, p.Abort())  # outside a transaction: nothing to log
@@ -395,8 +387,7 @@ def test_connection_lost_while_the_pipeline_decides_is_logged_as_lost(
     caplog.set_level("INFO")
 
     async def go() -> None:
-        session = make(tmp_path, Recorder(delay=10))
-        await open_session(session)
+        session = await opened(tmp_path, Recorder(delay=10))
         for command in message_commands()[:-1]:
             await send(session, command)
         assert session.end_of_message(b"") is None  # the pipeline must run: it would wait
@@ -414,8 +405,7 @@ def test_give_up_tempfails_the_undecided_message_with_one_line(
     caplog.set_level("INFO")
 
     async def go() -> None:
-        session = make(tmp_path, Recorder(delay=10))
-        await open_session(session)
+        session = await opened(tmp_path, Recorder(delay=10))
         for command in message_commands()[:-1]:
             await send(session, command)
         session.conn.receive_data(p.encode_command(p.EndOfMessage()))
