@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from support.postfix import PostfixInstance
 from support.procs import as_user
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
-from support.util import free_port, pid_alive
+from support.util import free_port, pid_alive, public_tmpdir
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -45,10 +43,8 @@ def start(
 @pytest.fixture
 def public_dir() -> Iterator[Path]:
     """A directory any user can traverse (pytest's own tmp dir is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="ma-priv-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with public_tmpdir("ma-priv-") as path:
+        yield path
 
 
 def config(directory: Path, text: str = "log_level = 0\n") -> Path:

@@ -18,7 +18,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 from support.postfix import PostfixInstance
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
-from support.util import free_port
+from support.util import free_port, public_tmpdir
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -69,10 +68,8 @@ def postfix_steps(readme: str) -> dict[str, str]:
 @pytest.fixture
 def machine() -> Iterator[Path]:
     """The test's stand-in for the machine's directories, traversable by the daemon's user."""
-    path = Path(tempfile.mkdtemp(prefix="ma-readme-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with public_tmpdir("ma-readme-") as path:
+        yield path
 
 
 def pipx_install(command: str, clone: Path, machine: Path) -> Path:

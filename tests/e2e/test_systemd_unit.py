@@ -26,7 +26,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from faults.faultkit import MilterClient, message_commands
+from support.util import public_tmpdir
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "contrib" / "milter-agent.service"
@@ -105,19 +105,17 @@ def outside() -> Iterator[Path]:
     """The test's files: a config, the filter and a setgid helper, readable by nobody."""
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"):
         pytest.fail("needs root, unshare and setpriv (util-linux) to rebuild the unit's sandbox")
-    path = Path(tempfile.mkdtemp(prefix="ma-unit-", dir="/tmp"))
-    path.chmod(0o755)
-    (path / "milter-agent.conf").write_text(
-        f'allow_add_header = yes\n\n[Filter]\ntask_name = probe\nexec_cmd = "{INSIDE}/filter.sh %h"\n'
-    )
-    (path / "filter.sh").write_text(FILTER % {"inside": INSIDE})
-    (path / "filter.sh").chmod(0o755)
-    helper = path / "sgid-id"  # a stand-in for postdrop: setgid to a group nobody is not in
-    shutil.copy("/usr/bin/id", helper)
-    os.chown(helper, 0, grp.getgrnam("mail").gr_gid)
-    helper.chmod(0o2755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with public_tmpdir("ma-unit-") as path:
+        (path / "milter-agent.conf").write_text(
+            f'allow_add_header = yes\n\n[Filter]\ntask_name = probe\nexec_cmd = "{INSIDE}/filter.sh %h"\n'
+        )
+        (path / "filter.sh").write_text(FILTER % {"inside": INSIDE})
+        (path / "filter.sh").chmod(0o755)
+        helper = path / "sgid-id"  # a stand-in for postdrop: setgid to a group nobody is not in
+        shutil.copy("/usr/bin/id", helper)
+        os.chown(helper, 0, grp.getgrnam("mail").gr_gid)
+        helper.chmod(0o2755)
+        yield path
 
 
 def run_under_unit(unit_text: str, outside: Path) -> dict[str, str]:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +35,7 @@ from milter_agent import protocol as p
 from milter_agent.control import client as control_client
 from support.daemon import MilterAgentDaemon
 from support.procs import as_user
-from support.util import free_port
+from support.util import free_port, public_tmpdir
 
 Agent = Callable[..., MilterAgentDaemon]
 NOBODY = pwd.getpwnam("nobody")
@@ -61,10 +59,8 @@ json.dump({
 @pytest.fixture
 def public_dir() -> Iterator[Path]:
     """A directory nobody can use (pytest's own tmp dir is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="ma-access-", dir="/tmp"))
-    path.chmod(0o777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with public_tmpdir("ma-access-", 0o777) as path:
+        yield path
 
 
 def nobody_args(directory: Path, conf: Path, port: int) -> list[str]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -176,6 +177,18 @@ def fresh_root(prefix: str, parent_dir: Path | str | None) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     # A fresh directory every time: leftovers of a killed run can never collide.
     return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+@contextlib.contextmanager
+def public_tmpdir(prefix: str, mode: int = 0o755) -> Iterator[Path]:
+    """A new directory ``/tmp/prefix...`` with ``mode``, for what other users (the daemon's
+    user, nobody) must reach: pytest's own tmp dir is 0700. Removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(mode)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def file_size(path: Path) -> int:

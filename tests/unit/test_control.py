@@ -7,9 +7,7 @@ import json
 import os
 import pwd
 import shlex
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +26,7 @@ from milter_agent.engine import Engine
 from milter_agent.registry import FilterState, Registry
 from milter_agent.spool import Spool
 from support.procs import as_user
+from support.util import public_tmpdir
 
 NOBODY = pwd.getpwnam("nobody")
 ADMIN_GID = 4242  # a group id nobody is not in, unless the test gives it
@@ -35,10 +34,8 @@ ADMIN_GID = 4242  # a group id nobody is not in, unless the test gives it
 
 @pytest.fixture
 def public_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ma-ctl-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with public_tmpdir("ma-ctl-") as path:
+        yield path
 
 
 def as_nobody(path: str, groups: list[int]) -> tuple[str, int]:
