@@ -53,36 +53,33 @@ class DaemonCollector:
         for verdict, count in sorted(s.messages.items()):
             messages.add_metric([verdict], count)
         yield messages
-        yield CounterMetricFamily(
-            "milter_agent_message_bytes", "Bytes of messages seen", value=s.message_bytes
-        )
-        # not "milter_agent_connections": that family is the counter below (its samples are
-        # ..._total), and one name for two families is refused by OpenMetrics parsers
-        yield GaugeMetricFamily(
-            "milter_agent_connections_open", "MTA connections open now", value=s.connections_now
-        )
-        yield CounterMetricFamily(
-            "milter_agent_connections", "MTA connections accepted", value=s.connections_total
-        )
-        yield GaugeMetricFamily(
-            "milter_agent_config_generation", "Configurations loaded", value=s.config_generation
-        )
-        yield GaugeMetricFamily(
-            "milter_agent_config_last_reload_success",
-            "1 if the last configuration load succeeded",
-            value=int(s.last_reload_ok),
-        )
-        yield GaugeMetricFamily(
-            "milter_agent_uptime_seconds", "Seconds since start", value=s.uptime
-        )
-        yield GaugeMetricFamily(
-            "milter_agent_spool_files", "Files in the spool now", value=s.spool_files
-        )
-        yield GaugeMetricFamily(
-            "milter_agent_spool_bytes", "Bytes in the spool now", value=s.spool_bytes
-        )
+        yield from _daemon_metrics(s)
         yield from _filter_metrics(s.filters)
         yield from _address_metrics(s.address_rules)
+
+
+def _daemon_metrics(s: Snapshot) -> Iterator[Metric]:
+    """The daemon's unlabelled series, each a counter or a gauge of one value."""
+    counter, gauge = CounterMetricFamily, GaugeMetricFamily
+    series: tuple[tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str, float], ...] = (
+        (counter, "message_bytes", "Bytes of messages seen", s.message_bytes),
+        # not "milter_agent_connections": that family is the counter below (its samples are
+        # ..._total), and one name for two families is refused by OpenMetrics parsers
+        (gauge, "connections_open", "MTA connections open now", s.connections_now),
+        (counter, "connections", "MTA connections accepted", s.connections_total),
+        (gauge, "config_generation", "Configurations loaded", s.config_generation),
+        (
+            gauge,
+            "config_last_reload_success",
+            "1 if the last configuration load succeeded",
+            int(s.last_reload_ok),
+        ),
+        (gauge, "uptime_seconds", "Seconds since start", s.uptime),
+        (gauge, "spool_files", "Files in the spool now", s.spool_files),
+        (gauge, "spool_bytes", "Bytes in the spool now", s.spool_bytes),
+    )
+    for family, name, doc, value in series:
+        yield family(f"milter_agent_{name}", doc, value=value)
 
 
 def _address_metrics(rules: Iterable[tuple[str, FilterState]]) -> Iterator[Metric]:
