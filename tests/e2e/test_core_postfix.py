@@ -10,13 +10,11 @@ from collections.abc import Callable
 import pytest
 
 from support.daemon import MilterAgentDaemon
-from support.postfix import PostfixInstance
+from support.postfix import PostfixInstance, behind_postfix
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
 
 Agent = Callable[..., MilterAgentDaemon]
-#: Postfix's smtpd runs as user postfix; in tests the socket is simply open to it.
-OPEN = ["--socket-mode", "0666"]
 
 HEADER_RULE = """
 [Address]
@@ -50,8 +48,7 @@ def test_pass_through_delivers_the_message_unchanged(
     postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
     mark = postfix.log_mark()
-    agent = milter_agent("log_level = 0\n", extra_args=OPEN)
-    postfix.set_milter(agent.postfix_spec)
+    agent = behind_postfix(milter_agent, postfix, "log_level = 0\n")
     data = build_message(body_size=4096, eight_bit=True)
     result = send_message(postfix.address, "a@example.org", ["b@example.net"], data)
     assert result.accepted, result
@@ -66,8 +63,7 @@ def test_pass_through_delivers_the_message_unchanged(
 def test_header_rule_adds_a_header(
     postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    agent = milter_agent(HEADER_RULE, extra_args=[*OPEN, "-H"])
-    postfix.set_milter(agent.postfix_spec)
+    behind_postfix(milter_agent, postfix, HEADER_RULE, "-H")
     result = send_message(postfix.address, "a@example.org", ["b@example.net"], build_message())
     assert result.accepted, result
     (msg,) = sink.wait_for(1)
@@ -77,8 +73,7 @@ def test_header_rule_adds_a_header(
 def test_reject_filter_gives_the_client_5xx_with_its_text(
     postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    agent = milter_agent(REJECT_FILTER, extra_args=OPEN)
-    postfix.set_milter(agent.postfix_spec)
+    agent = behind_postfix(milter_agent, postfix, REJECT_FILTER)
     result = send_message(postfix.address, "a@example.org", ["b@example.net"], build_message())
     assert (result.stage, result.code) == ("eom", 550), result
     assert result.text == "5.7.1 Message refused by policy"
@@ -90,8 +85,7 @@ def test_20_mb_message_passes_and_memory_stays_small(
     postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
     postfix.set(message_size_limit=64 * 1024 * 1024)
-    agent = milter_agent(SPOOLING_FILTER, extra_args=OPEN)
-    postfix.set_milter(agent.postfix_spec)
+    agent = behind_postfix(milter_agent, postfix, SPOOLING_FILTER)
     before = agent.peak_rss_kb()
     data = build_message(body_size=20 * 1024 * 1024)
     result = send_message(postfix.address, "a@example.org", ["b@example.net"], data, timeout=120)
@@ -122,8 +116,7 @@ def test_no_stall_in_sequential_messages(
 ) -> None:
     """A Nagle / delayed-ACK stall costs ~40 ms per message; compare with no milter, same run."""
     bare = statistics.median(sequential_seconds(postfix, 15))
-    agent = milter_agent(HEADER_RULE, inet=inet, extra_args=[*OPEN, "-H"])
-    postfix.set_milter(agent.postfix_spec)
+    behind_postfix(milter_agent, postfix, HEADER_RULE, "-H", inet=inet)
     with_milter = statistics.median(sequential_seconds(postfix, 15))
     sink.wait_for(30)
     assert with_milter - bare < 0.025, f"median {with_milter * 1000:.1f} ms vs {bare * 1000:.1f} ms"

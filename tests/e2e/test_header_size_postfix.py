@@ -7,12 +7,11 @@ from collections.abc import Callable
 
 from faults.faultkit import MilterClient, message_commands, peak_rss_kb, reset_peak_rss
 from support.daemon import MilterAgentDaemon
-from support.postfix import PostfixInstance
+from support.postfix import PostfixInstance, behind_postfix
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
 
 Agent = Callable[..., MilterAgentDaemon]
-OPEN = ["--socket-mode", "0666"]
 #: One folded header of about 60 KB: under Postfix's header_size_limit, so it is passed on whole.
 BIG_VALUE = "\r\n\t".join(["x" * 70] * 850)
 REJECTED = "5.3.4 message header too large"
@@ -26,8 +25,7 @@ def test_headers_over_the_cap_are_rejected_and_never_held(
     postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
     postfix.set(message_size_limit=64 * 1024 * 1024)
-    agent = milter_agent("log_level = 0\n", extra_args=OPEN)
-    postfix.set_milter(agent.postfix_spec)
+    agent = behind_postfix(milter_agent, postfix, "log_level = 0\n")
     reset_peak_rss(agent.pid)
     before = peak_rss_kb(agent.pid)
     data = build_message(headers=big_headers(300))  # 18 MB: it grew the daemon by 26 MB once

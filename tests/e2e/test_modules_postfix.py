@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 
 from support.daemon import MilterAgentDaemon
-from support.postfix import PostfixInstance
+from support.postfix import PostfixInstance, behind_postfix
 from support.sink import SmtpSink
 from support.smtp import SmtpResult, build_message, send_message
 
 Agent = Callable[..., MilterAgentDaemon]
-OPEN = ["--socket-mode", "0666"]
 REPO = Path(__file__).resolve().parents[2]
 HTML_TEXT = "5.7.1 HTML mail or attachments not accepted."
 
@@ -38,16 +37,16 @@ def html_message(subject: str) -> bytes:
 def test_html_mail_sample_rejects_html_with_its_text(
     postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent, safe: str
 ) -> None:
-    agent = milter_agent(
+    behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = html_mail
 module_name = "milter_agent.modules.html_mail"
 module_safe_use = {safe}
 """,
-        extra_args=OPEN,
     )
-    postfix.set_milter(agent.postfix_spec)
     result = send(postfix, html_message("html only"))
     assert (result.stage, result.code, result.text) == ("eom", 550, HTML_TEXT), result
     assert send(postfix, build_message(subject="plain text")).accepted
@@ -60,7 +59,9 @@ def test_archive_sample_stores_exactly_the_delivered_messages(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
     archive = tmp_path / "archive"
-    agent = milter_agent(
+    behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = html_mail
@@ -71,9 +72,7 @@ task_name = mail_archive
 module_name = "milter_agent.modules.mail_archive"
 exec_cmd = "%f {archive}"
 """,
-        extra_args=OPEN,
     )
-    postfix.set_milter(agent.postfix_spec)
     sent = {f"kept {i}": build_message(subject=f"kept {i}") for i in range(3)}
     for data in sent.values():
         assert send(postfix, data).accepted
@@ -111,7 +110,9 @@ def test_a_crashing_c_module_in_safe_mode_costs_one_message_only(
         check=True,
         timeout=60,
     )
-    agent = milter_agent(
+    agent = behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = crash
@@ -121,9 +122,7 @@ exec_cmd = "%{{subject}}"
 tempfail_exit_codes = "1"
 tempfail_message = "C module says later"
 """,
-        extra_args=OPEN,
     )
-    postfix.set_milter(agent.postfix_spec)
     assert send(postfix, build_message(subject="please crash")).accepted  # error: skipped
     sink.wait_for(1)
     result = send(postfix, build_message(subject="calm"))
@@ -138,7 +137,9 @@ def test_a_reload_picks_up_a_changed_module_and_stop_is_clean(
     mod = tmp_path / "verdict.py"
     source = "def process_message_by_module(args, message):\n    return {}\n"
     mod.write_text(source.format(1))
-    agent = milter_agent(
+    agent = behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = verdict
@@ -152,9 +153,7 @@ module_name = "{mod}"
 module_safe_use = yes
 reject_exit_codes = "2"
 """,
-        extra_args=OPEN,
     )
-    postfix.set_milter(agent.postfix_spec)
     assert send(postfix, build_message()).text == "5.7.1 Version one says no."
     mod.write_text(source.format(0))
     os.kill(agent.pid, signal.SIGUSR1)
@@ -175,7 +174,9 @@ def test_a_hung_python_worker_is_killed_at_the_timeout_with_dash_m(
         "        pass\n"
         "    return 1\n"
     )
-    agent = milter_agent(
+    agent = behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = spin
@@ -185,9 +186,8 @@ task_timeout = 1
 reject_exit_codes = "1"
 reject_message = "Spin module answered."
 """,
-        extra_args=[*OPEN, "-M"],
+        "-M",
     )
-    postfix.set_milter(agent.postfix_spec)
     started = time.monotonic()
     assert send(postfix, build_message(subject="spin forever")).accepted  # error: skipped
     assert time.monotonic() - started < 5
@@ -220,7 +220,9 @@ def test_without_dash_m_a_message_sent_while_a_worker_hangs_gets_its_verdict(
         "        time.sleep(4)\n"
         "    return 1\n"
     )
-    agent = milter_agent(
+    agent = behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = slow
@@ -231,9 +233,7 @@ task_timeout = 1
 reject_exit_codes = "1"
 reject_message = "Slow module answered."
 """,
-        extra_args=OPEN,
     )
-    postfix.set_milter(agent.postfix_spec)
     assert send(postfix, build_message(subject="slow one")).accepted  # no verdict in time
     sink.wait_for(1)
     match = re.search(

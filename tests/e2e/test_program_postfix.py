@@ -10,12 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from support.daemon import MilterAgentDaemon, ma_json
-from support.postfix import PostfixInstance
+from support.postfix import PostfixInstance, behind_postfix
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
 
 Agent = Callable[..., MilterAgentDaemon]
-OPEN = ["--socket-mode", "0666"]
 
 
 def script(path: Path, body: str) -> Path:
@@ -39,7 +38,9 @@ def test_reject_with_the_filters_own_text(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
     scan = script(tmp_path / "scan.sh", 'echo "Found Eicar-Test-Signature in %f" > "$2"; exit 1\n')
-    agent = milter_agent(
+    behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = virus_check
@@ -47,9 +48,7 @@ reject_exit_codes = "1"
 reject_message = "Virus found"
 exec_cmd = "{scan} %f %r"
 """,
-        extra_args=OPEN,
     )
-    postfix.set_milter(agent.postfix_spec)
     result = send(postfix)
     assert (result.stage, result.code) == ("eom", 550), result
     assert result.text == "5.7.1 Found Eicar-Test-Signature in %f"
@@ -59,7 +58,9 @@ exec_cmd = "{scan} %f %r"
 def test_tempfail_exit_code_gives_4xx(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    agent = milter_agent(
+    behind_postfix(
+        milter_agent,
+        postfix,
         """
 [Filter]
 task_name = busy
@@ -67,9 +68,7 @@ tempfail_exit_codes = "75"
 tempfail_message = "Scanner busy, try later"
 exec_cmd = "/bin/sh -c 'exit 75'"
 """,
-        extra_args=OPEN,
     )
-    postfix.set_milter(agent.postfix_spec)
     result = send(postfix)
     assert (result.stage, result.code, result.text) == ("eom", 451, "4.7.1 Scanner busy, try later")
 
@@ -84,15 +83,16 @@ printf 'cured body\\r\\nline 2\\r\\n' > "$2"
 printf 'X-Virus-Scanned: stand-in 1.0\\nX-Virus-Status: cured\\n' > "$3"
 """,
     )
-    agent = milter_agent(
+    behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = virus_cure
 exec_cmd = "{cure} %f %n %h"
 """,
-        extra_args=[*OPEN, "-BHG"],
+        "-BHG",
     )
-    postfix.set_milter(agent.postfix_spec)
     assert send(postfix).accepted
     (msg,) = sink.wait_for(1)
     assert msg.body == b"cured body\r\nline 2\r\n"
@@ -108,10 +108,9 @@ def test_repeated_names_in_the_header_file_replace_then_add(
         "printf 'X-Virus-Scanned: ours\\nX-Seen: a\\nX-Virus-Scanned: second\\nX-Seen: b\\n'"
         ' > "$1"\n',
     )
-    agent = milter_agent(
-        f'[Filter]\ntask_name = scan\nexec_cmd = "{scan} %h"\n', extra_args=[*OPEN, "-HG"]
+    behind_postfix(
+        milter_agent, postfix, f'[Filter]\ntask_name = scan\nexec_cmd = "{scan} %h"\n', "-HG"
     )
-    postfix.set_milter(agent.postfix_spec)
     upstream = [("X-Virus-Scanned", "upstream"), ("X-Virus-Scanned", "upstream 2")]
     assert send(postfix, headers=upstream).accepted
     (msg,) = sink.wait_for(1)
@@ -125,7 +124,9 @@ def test_later_filter_sees_the_changes_of_an_earlier_one(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
     seen = tmp_path / "seen.eml"
-    agent = milter_agent(
+    behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = rewrite
@@ -135,9 +136,8 @@ exec_cmd = "/bin/sh -c 'printf new-body > $0' %n"
 task_name = look
 exec_cmd = "/bin/cp %f {seen}"
 """,
-        extra_args=[*OPEN, "-B"],
+        "-B",
     )
-    postfix.set_milter(agent.postfix_spec)
     assert send(postfix).accepted
     sink.wait_for(1)
     assert seen.read_bytes().endswith(b"\r\n\r\nnew-body")
@@ -146,7 +146,9 @@ exec_cmd = "/bin/cp %f {seen}"
 def test_timeout_kills_the_filter_and_the_message_goes_on(
     postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    agent = milter_agent(
+    agent = behind_postfix(
+        milter_agent,
+        postfix,
         """
 [Filter]
 task_name = slow
@@ -154,9 +156,8 @@ task_timeout = 1
 reject_exit_codes = "0"
 exec_cmd = "/bin/sleep 60"
 """,
-        extra_args=[*OPEN, "-T"],
+        "-T",
     )
-    postfix.set_milter(agent.postfix_spec)
     result = send(postfix)
     assert result.accepted, result
     sink.wait_for(1)
@@ -178,16 +179,16 @@ sleep 0.05
 rmdir {lock}
 """,
     )
-    agent = milter_agent(
+    behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = exclusive
 run_single_instance = 1
 exec_cmd = "{guard} %f"
 """,
-        extra_args=OPEN,
     )
-    postfix.set_milter(agent.postfix_spec)
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(lambda i: send(postfix, subject=f"parallel {i}"), range(20)))
     assert all(r.accepted for r in results), [str(r) for r in results if not r.accepted]
@@ -199,16 +200,18 @@ exec_cmd = "{guard} %f"
 def test_failing_filter_is_switched_off_after_three_errors(
     postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    agent = milter_agent(
+    agent = behind_postfix(
+        milter_agent,
+        postfix,
         """
 [Filter]
 task_name = crashing
 reject_exit_codes = "0"
 exec_cmd = "/bin/sh -c 'kill -SEGV $$'"
 """,
-        extra_args=[*OPEN, "-m", "3"],
+        "-m",
+        "3",
     )
-    postfix.set_milter(agent.postfix_spec)
     for _ in range(5):
         assert send(postfix).accepted
     sink.wait_for(5)
@@ -227,15 +230,15 @@ def test_shell_metacharacters_in_addresses_never_execute(
     dump.write_text(
         f"import json, os, sys\njson.dump({{'argv': sys.argv[1:], 'env': os.environ.get('MILTER_SENDER')}}, open({str(record)!r}, 'w'))\n"
     )
-    agent = milter_agent(
+    agent = behind_postfix(
+        milter_agent,
+        postfix,
         f"""
 [Filter]
 task_name = dump
 exec_cmd = "{sys.executable} {dump} %s %{{recipients}} %{{subject}}"
 """,
-        extra_args=OPEN,
     )
-    postfix.set_milter(agent.postfix_spec)
     sender = f'"x;touch {marker}"@example.org'
     rcpt = f'"$(touch {marker})"@example.net'
     result = send(postfix, sender=sender, rcpts=(rcpt,), subject=f"`touch {marker}`; $(id)")

@@ -24,9 +24,10 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from .daemon import MilterAgentDaemon
 from .procs import LiveInstances, alive, children_of, kill_until_gone, owner_alive, write_owner
 from .util import (
     SocketSpec,
@@ -567,3 +568,22 @@ class PostfixInstance:
 
     def __repr__(self) -> str:
         return f"<PostfixInstance {self.root} port={self.port} running={self.running()}>"
+
+
+#: Postfix's smtpd runs as user postfix; in tests the milter socket is simply open to it.
+OPEN_SOCKET = ("--socket-mode", "0666")
+
+
+def behind_postfix(
+    milter_agent: Callable[..., MilterAgentDaemon],
+    postfix: PostfixInstance,
+    config: str,
+    *args: str,
+    **kw: object,
+) -> MilterAgentDaemon:
+    """Start milter-agent (through the ``milter_agent`` fixture, which takes ``kw``) with
+    ``config`` and the options ``args``, its socket open to smtpd, and make it ``postfix``'s
+    milter."""
+    agent = milter_agent(config, extra_args=[*OPEN_SOCKET, *args], **kw)
+    postfix.set_milter(agent.postfix_spec)
+    return agent
