@@ -27,29 +27,14 @@ def test_detached_daemon_with_pid_file(tmp_path: Path) -> None:
     conf = tmp_path / "c.conf"
     conf.write_text("log_level = 0\n")
     pid_file = tmp_path / "milter-agent.pid"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "milter_agent",
-            "-d",
-            "0",
-            "-u",
-            "root",
-            "-c",
-            str(conf),
-            "-p",
-            f"inet:{free_port()}@127.0.0.1",
-            "-i",
-            f"unix:{tmp_path}/cmd",
-            "--spool-dir",
-            str(tmp_path / "spool"),
-            "--pid-file",
-            str(pid_file),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    out = detached(
+        tmp_path,
+        "-c",
+        str(conf),
+        "-p",
+        f"inet:{free_port()}@127.0.0.1",
+        "--pid-file",
+        str(pid_file),
     )
     assert out.returncode == 0, out.stderr  # the parent returns once the daemon is up
     assert pid_file.exists() and (tmp_path / "cmd").exists()  # no waiting needed
