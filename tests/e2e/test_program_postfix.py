@@ -10,17 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from support.daemon import MilterAgentDaemon, ma_json
+from support.filter_cases import BUSY, BUSY_ANSWER, shell_script, virus_check
 from support.postfix import PostfixInstance, behind_postfix
 from support.sink import SmtpSink
 from support.smtp import build_message, send_message
 
 Agent = Callable[..., MilterAgentDaemon]
-
-
-def script(path: Path, body: str) -> Path:
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(0o755)
-    return path
 
 
 def send(
@@ -37,18 +32,10 @@ def send(
 def test_reject_with_the_filters_own_text(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    scan = script(tmp_path / "scan.sh", 'echo "Found Eicar-Test-Signature in %f" > "$2"; exit 1\n')
-    behind_postfix(
-        milter_agent,
-        postfix,
-        f"""
-[Filter]
-task_name = virus_check
-reject_exit_codes = "1"
-reject_message = "Virus found"
-exec_cmd = "{scan} %f %r"
-""",
+    scan = shell_script(
+        tmp_path / "scan.sh", 'echo "Found Eicar-Test-Signature in %f" > "$2"; exit 1\n'
     )
+    behind_postfix(milter_agent, postfix, virus_check(f"{scan} %f %r"))
     result = send(postfix)
     assert (result.stage, result.code) == ("eom", 550), result
     assert result.text == "5.7.1 Found Eicar-Test-Signature in %f"
@@ -58,25 +45,15 @@ exec_cmd = "{scan} %f %r"
 def test_tempfail_exit_code_gives_4xx(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    behind_postfix(
-        milter_agent,
-        postfix,
-        """
-[Filter]
-task_name = busy
-tempfail_exit_codes = "75"
-tempfail_message = "Scanner busy, try later"
-exec_cmd = "/bin/sh -c 'exit 75'"
-""",
-    )
+    behind_postfix(milter_agent, postfix, BUSY)
     result = send(postfix)
-    assert (result.stage, result.code, result.text) == ("eom", 451, "4.7.1 Scanner busy, try later")
+    assert (result.stage, result.code, result.text) == BUSY_ANSWER
 
 
 def test_new_body_and_headers_from_the_filter(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    cure = script(
+    cure = shell_script(
         tmp_path / "cure.sh",
         """
 printf 'cured body\\r\\nline 2\\r\\n' > "$2"
@@ -103,7 +80,7 @@ exec_cmd = "{cure} %f %n %h"
 def test_repeated_names_in_the_header_file_replace_then_add(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    scan = script(
+    scan = shell_script(
         tmp_path / "scan.sh",
         "printf 'X-Virus-Scanned: ours\\nX-Seen: a\\nX-Virus-Scanned: second\\nX-Seen: b\\n'"
         ' > "$1"\n',
@@ -170,7 +147,7 @@ def test_single_instance_never_runs_twice_at_once(
     tmp_path: Path, postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
     lock, overlaps, runs = tmp_path / "lock", tmp_path / "overlaps", tmp_path / "runs"
-    guard = script(
+    guard = shell_script(
         tmp_path / "guard.sh",
         f"""
 mkdir {lock} 2>/dev/null || echo overlap >> {overlaps}

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from support.daemon import MilterAgentDaemon
+from support.filter_cases import BUSY, BUSY_ANSWER, shell_script, virus_check
 from support.header_cases import INDEX_CASES, INDEX_SETTINGS, REMOVE_DUPS, deliver_dups
 from support.inproc import serve
 from support.seed import address_cases
@@ -138,17 +139,7 @@ def test_unix_socket_milter(
 def test_reject_filter_gives_the_client_550_with_its_text(
     sendmail: SendmailInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    agent = start(
-        milter_agent,
-        sendmail,
-        """
-[Filter]
-task_name = virus_check
-reject_exit_codes = "1"
-reject_message = "Virus found"
-exec_cmd = "/bin/sh -c 'exit 1' %f"
-""",
-    )
+    agent = start(milter_agent, sendmail, virus_check("/bin/sh -c 'exit 1' %f"))
     mark = sendmail.log_mark()
     result = send(sendmail)
     assert (result.stage, result.code, result.text) == ("eom", 550, "5.7.1 Virus found")
@@ -161,20 +152,8 @@ exec_cmd = "/bin/sh -c 'exit 1' %f"
 def test_reply_file_text_wins_over_reject_message(
     tmp_path: Path, sendmail: SendmailInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    scan = tmp_path / "scan.sh"
-    scan.write_text('#!/bin/sh\necho "Found Eicar-Test-Signature" > "$2"; exit 1\n')
-    scan.chmod(0o755)
-    start(
-        milter_agent,
-        sendmail,
-        f"""
-[Filter]
-task_name = virus_check
-reject_exit_codes = "1"
-reject_message = "Virus found"
-exec_cmd = "{scan} %f %r"
-""",
-    )
+    scan = shell_script(tmp_path / "scan.sh", 'echo "Found Eicar-Test-Signature" > "$2"; exit 1\n')
+    start(milter_agent, sendmail, virus_check(f"{scan} %f %r"))
     result = send(sendmail)
     assert (result.stage, result.code, result.text) == (
         "eom",
@@ -187,19 +166,9 @@ exec_cmd = "{scan} %f %r"
 def test_tempfail_exit_code_gives_4xx(
     sendmail: SendmailInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
-    start(
-        milter_agent,
-        sendmail,
-        """
-[Filter]
-task_name = busy
-tempfail_exit_codes = "75"
-tempfail_message = "Scanner busy, try later"
-exec_cmd = "/bin/sh -c 'exit 75'"
-""",
-    )
+    start(milter_agent, sendmail, BUSY)
     result = send(sendmail)
-    assert (result.stage, result.code, result.text) == ("eom", 451, "4.7.1 Scanner busy, try later")
+    assert (result.stage, result.code, result.text) == BUSY_ANSWER
     sink.assert_quiet(0.3)
     assert sendmail.queue_count() == 0  # refused, not queued
 
@@ -247,9 +216,7 @@ def test_filter_sees_sendmails_macros(
     tmp_path: Path, sendmail: SendmailInstance, sink: SmtpSink, milter_agent: Agent
 ) -> None:
     record = tmp_path / "macros.txt"
-    dump = tmp_path / "dump.sh"
-    dump.write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > {record}\n')
-    dump.chmod(0o755)
+    dump = shell_script(tmp_path / "dump.sh", f'for a in "$@"; do echo "$a"; done > {record}\n')
     names = [
         "%{macro:j}",
         "%{queue_id}",
