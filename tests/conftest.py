@@ -19,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support.daemon import MilterAgentDaemon
+from support.fixtures import started_or_fail
 from support.postfix import PostfixError, PostfixInstance, postfix_available
 from support.sink import SmtpSink
 from support.util import free_port as _free_port
@@ -103,16 +104,13 @@ def postfix_session(
     reason = postfix_available()
     if reason:
         pytest.fail(f"cannot run a private Postfix instance: {reason}", pytrace=False)
-    inst = PostfixInstance(sink_session.address, parent_dir=tmp_path_factory.mktemp("postfix"))
-    request.addfinalizer(inst.stop)  # also runs if start() fails half way
-    error = ""
-    try:
-        inst.start()
-    except PostfixError as e:
-        error = str(e)
-    if error:  # outside the except block: no chained traceback around the message
-        pytest.fail(f"private Postfix instance did not start: {error}", pytrace=False)
-    yield inst
+    parent = tmp_path_factory.mktemp("postfix")
+    yield started_or_fail(
+        request,
+        lambda: PostfixInstance(sink_session.address, parent_dir=parent),
+        PostfixError,
+        "private Postfix instance",
+    )
 
 
 @pytest.fixture

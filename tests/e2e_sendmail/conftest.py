@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from support.fixtures import started_or_fail
 from support.sendmail import (
     SendmailError,
     SendmailInstance,
@@ -61,22 +62,19 @@ def sendmail(
     if reason:
         pytest.fail(f"cannot run a private Sendmail: {reason}", pytrace=False)
     error = ""
-    inst: SendmailInstance | None = None
     try:
         tree = ensure_sendmail()  # quick when the cache is there
     except SendmailError as e:
         error = f"the Sendmail packages could not be fetched or unpacked: {e}"
-    else:
-        try:
-            inst = SendmailInstance(
-                sink_session.address, tree=tree, parent_dir=tmp_path_factory.mktemp("sendmail")
-            )
-            request.addfinalizer(inst.stop)  # also runs if start() fails half way
-            inst.start()
-        except SendmailError as e:
-            error = f"private Sendmail did not start: {e}"
-    if error or inst is None:  # outside the except block: no chained traceback
+    if error:  # outside the except block: no chained traceback
         pytest.fail(error, pytrace=False)
+    parent = tmp_path_factory.mktemp("sendmail")
+    inst = started_or_fail(
+        request,
+        lambda: SendmailInstance(sink_session.address, tree=tree, parent_dir=parent),
+        SendmailError,
+        "private Sendmail",
+    )
     yield inst
     inst.stop()
     left = inst.processes()
