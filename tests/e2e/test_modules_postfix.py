@@ -21,6 +21,11 @@ from support.smtp import SmtpResult, build_message, send_message
 Agent = Callable[..., MilterAgentDaemon]
 REPO = Path(__file__).resolve().parents[2]
 HTML_TEXT = "5.7.1 HTML mail or attachments not accepted."
+HTML_MAIL = """
+[Filter]
+task_name = html_mail
+module_name = "milter_agent.modules.html_mail"
+"""
 
 
 def send(postfix: PostfixInstance, data: bytes) -> SmtpResult:
@@ -37,16 +42,7 @@ def html_message(subject: str) -> bytes:
 def test_html_mail_sample_rejects_html_with_its_text(
     postfix: PostfixInstance, sink: SmtpSink, milter_agent: Agent, safe: str
 ) -> None:
-    behind_postfix(
-        milter_agent,
-        postfix,
-        f"""
-[Filter]
-task_name = html_mail
-module_name = "milter_agent.modules.html_mail"
-module_safe_use = {safe}
-""",
-    )
+    behind_postfix(milter_agent, postfix, f"{HTML_MAIL}module_safe_use = {safe}\n")
     result = send(postfix, html_message("html only"))
     assert (result.stage, result.code, result.text) == ("eom", 550, HTML_TEXT), result
     assert send(postfix, build_message(subject="plain text")).accepted
@@ -62,11 +58,7 @@ def test_archive_sample_stores_exactly_the_delivered_messages(
     behind_postfix(
         milter_agent,
         postfix,
-        f"""
-[Filter]
-task_name = html_mail
-module_name = "milter_agent.modules.html_mail"
-
+        f"""{HTML_MAIL}
 [Filter]
 task_name = mail_archive
 module_name = "milter_agent.modules.mail_archive"
