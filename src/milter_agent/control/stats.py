@@ -6,13 +6,13 @@ import math
 import shlex
 import statistics
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from milter_agent.config.model import AddressRule, Config, FilterSpec
-from milter_agent.registry import FilterState, Registry
+from milter_agent.registry import FilterState, Registry, Samples
 
 Handler = Callable[[list[str]], Any]
 
@@ -26,7 +26,7 @@ class MessageCounters:
     bytes: int = 0
 
     #: seconds each of the latest messages spent in the milter (see MilterProtocol)
-    waits: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    waits: Samples = field(default_factory=lambda: Samples(10_000))
 
     def reset(self) -> None:
         self.messages = self.bytes = 0
