@@ -24,7 +24,7 @@ milter's latency per message (CONNECT to the end-of-message verdict, taken at th
 milter-agent's per-message log line, from the peers' own records; MIMEDefang does not tell) and
 its peak RSS. A memory scenario then sends 100 messages of 10 MB at once.
 
-    python bench/mta.py                 # full run (about 12 min); bench/results/mta/
+    python bench/mta.py                 # full run (about 13 min); bench/results/mta/
     python bench/mta.py --quick         # every scenario once with a few messages (make test)
     python bench/mta.py --only pass,c-pass --sizes 4k --rounds 2
 
@@ -815,7 +815,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", help=f"comma-separated scenarios, from {','.join(SCENARIOS)}")
     ap.add_argument("--sizes", default="4k,1m", help="comma-separated: 4k,1m")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3 for 4k, 2 for 1m)")
-    ap.add_argument("--messages", type=int, help="messages per run (default 3000 / 300)")
+    ap.add_argument("--messages", type=int, help="messages per run (default 2000 / 250)")
     ap.add_argument("--no-memory", action="store_true", help="skip the 100 x 10 MB scenario")
     ap.add_argument("--no-sequential", action="store_true", help="skip the 1-session runs")
     ap.add_argument("--out", type=Path, help=f"results directory (default {OUT})")
@@ -840,7 +840,7 @@ def plans(args: argparse.Namespace) -> list[tuple[str, Plan, list[str]]]:
     """(size, plan, scenarios) in the order they run: 20 sessions per size, then sequential."""
     quick = args.quick
     counts = (
-        {"4k": 20, "1m": 4} if quick else {"4k": args.messages or 3000, "1m": args.messages or 300}
+        {"4k": 20, "1m": 4} if quick else {"4k": args.messages or 2000, "1m": args.messages or 250}
     )
     rounds = {"4k": 1 if quick else args.rounds or 3, "1m": 1 if quick else args.rounds or 2}
     warmup, limit = (2, 60.0) if quick else (20, 300.0)
