@@ -8,90 +8,46 @@
 #                                                (tests/unit/test_contrib.py)
 #
 # Quiet and quick when everything is there. Otherwise, as root, installs the missing
-# packages non-interactively; `apt-get update` runs only if the package is not known to apt
-# yet or the install fails (stale lists). The system Postfix stays unconfigured ("No
+# packages non-interactively (scripts/apt-lib.sh: `apt-get update` only if a package is not
+# known to apt yet or the install fails). The system Postfix stays unconfigured ("No
 # configuration") and stopped: tests only ever run private instances (tests/support/postfix.py).
 #
 # Usage: scripts/ensure-postfix.sh [--check]    (--check: only report, exit 1 if missing)
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/apt-lib.sh
+. "$here/apt-lib.sh"
 
-check_only=0
+# package=a file it installs
+packages=(
+  postfix=/usr/sbin/postfix
+  miltertest=/usr/bin/miltertest
+  groff-base=/usr/bin/groff
+  systemd=/usr/bin/systemd-analyze
+)
+
 case "${1:-}" in
-  --check) check_only=1 ;;
+  --check)
+    missing=()
+    for item in "${packages[@]}"; do [ -e "${item#*=}" ] || missing+=("${item%%=*}"); done
+    [ ${#missing[@]} -eq 0 ] || { echo "ensure-postfix: missing: ${missing[*]}" >&2; exit 1; }
+    exit 0 ;;
   "") ;;
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
 
-# package -> a file it installs (not `command -v`: /usr/sbin is often not on a user's PATH)
-declare -A probe=(
-  [postfix]=/usr/sbin/postfix
-  [miltertest]=/usr/bin/miltertest
-  [groff-base]=/usr/bin/groff
-  [systemd]=/usr/bin/systemd-analyze
-)
-missing=()
-for pkg in postfix miltertest groff-base systemd; do
-  [ -x "${probe[$pkg]}" ] || missing+=("$pkg")
-done
-[ ${#missing[@]} -eq 0 ] && exit 0
-
-if [ "$check_only" -eq 1 ]; then
-  echo "ensure-postfix: missing: ${missing[*]}" >&2
-  exit 1
-fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "ensure-postfix: missing: ${missing[*]}; run this script as root" \
-       "(or: sudo apt-get install --no-install-recommends ${missing[*]})" >&2
-  exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "ensure-postfix: missing: ${missing[*]}, and apt-get is not available" >&2
-  exit 1
-fi
-
-echo "ensure-postfix: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
+had_postfix=0
+[ -e /usr/sbin/postfix ] && had_postfix=1
 # "No configuration": no /etc/postfix/main.cf, so the system instance is never set up.
-echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-
-# Keep maintainer scripts from starting services while we install (restored on exit).
-policy=/usr/sbin/policy-rc.d
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' > "$policy"
-  chmod 755 "$policy"
-  trap 'rm -f "$policy"' EXIT
+if [ "$had_postfix" -eq 0 ] && [ "$(id -u)" -eq 0 ]; then
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 fi
-
-known() {  # every missing package has an install candidate in the current lists
-  local pkg out
-  for pkg in "${missing[@]}"; do
-    # no `| grep -q`: with pipefail, grep's early exit SIGPIPEs apt-cache into "failure"
-    out=$(apt-cache policy "$pkg" 2>/dev/null) || return 1
-    [[ $out == *"Candidate: "* && $out != *"Candidate: (none)"* ]] || return 1
-  done
-}
-install() {
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-}
-if known && install; then
-  :
-else
-  apt-get update -q >/dev/null
-  install
-fi
-
-for pkg in "${missing[@]}"; do
-  if [ ! -x "${probe[$pkg]}" ]; then
-    echo "ensure-postfix: $pkg installed but ${probe[$pkg]} is missing" >&2
-    exit 1
-  fi
-done
+ensure_debs ensure-postfix "${packages[@]}"
 
 # If we just installed Postfix and it started the system instance anyway (policy-rc.d not
 # honoured), stop it. Never touch a system Postfix that was there before.
-if [[ " ${missing[*]} " == *" postfix "* ]] && [ -f /etc/postfix/main.cf ] \
+if [ "$had_postfix" -eq 0 ] && [ -f /etc/postfix/main.cf ] \
    && /usr/sbin/postfix status >/dev/null 2>&1; then
   echo "ensure-postfix: stopping the system Postfix (tests use private instances)" >&2
   /usr/sbin/postfix stop >/dev/null 2>&1 || true
 fi
-echo "ensure-postfix: done" >&2
