@@ -25,7 +25,7 @@ milter-agent's per-message log line, from the peers' own records; MIMEDefang doe
 its peak RSS. A memory scenario then sends 100 messages of 10 MB at once.
 
     python bench/mta.py                 # full run (about 13 min); bench/results/mta/
-    python bench/mta.py --quick         # every scenario once with a few messages (make test)
+    python bench/mta.py --quick         # every scenario once, 4 KB, a few messages (make test)
     python bench/mta.py --only pass,c-pass --sizes 4k --rounds 2
 
 Needs root (Postfix; scripts/ensure-bench-peers.sh installs and builds the peers). Only
@@ -813,7 +813,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="every scenario once, a few messages")
     ap.add_argument("--only", help=f"comma-separated scenarios, from {','.join(SCENARIOS)}")
-    ap.add_argument("--sizes", default="4k,1m", help="comma-separated: 4k,1m")
+    ap.add_argument("--sizes", help="comma-separated: 4k,1m (default both; --quick: 4k)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3 for 4k, 2 for 1m)")
     ap.add_argument("--messages", type=int, help="messages per run (default 2000 / 250)")
     ap.add_argument("--no-memory", action="store_true", help="skip the 100 x 10 MB scenario")
@@ -822,6 +822,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--update-docs", action="store_true", help="put the tables in the docs")
     args = ap.parse_args(argv)
     keys = args.only.split(",") if args.only else list(SCENARIOS)
+    args.sizes = args.sizes or ("4k" if args.quick else "4k,1m")
     sizes = args.sizes.split(",")
     if any(k not in SCENARIOS for k in keys) or any(s not in SIZES for s in sizes):
         ap.error(f"unknown scenario or size in {args.only or ''} {args.sizes}")
