@@ -271,8 +271,10 @@ class MilterProtocol(asyncio.Protocol):
             self._task.cancel()
         else:
             self.session.close()
-        if self._write_ready is not None and not self._write_ready.done():
-            self._write_ready.set_exception(ConnectionResetError("connection lost"))
+        if self._write_ready is not None:
+            # cancelled, not failed: nobody may be waiting (asyncio would then warn of an
+            # exception never retrieved), and a waiting answer's task is cancelled above
+            self._write_ready.cancel()
         self.server.discard(self)
         if not self.closed.done():
             self.closed.set_result(None)
