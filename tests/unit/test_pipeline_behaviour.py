@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_engine import engine, filter_section, message, run
+from test_engine import filter_section, message, run
 
 from milter_agent.pipeline import Decision, Verdict
+from support.engine import make_engine as engine
 
 DUMP = (
     "import json, os, sys; json.dump({'argv': sys.argv[2:], "

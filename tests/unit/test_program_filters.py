@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_engine import engine, filter_section, leftovers, message, run
+from test_engine import filter_section, leftovers, message, run
 
 from milter_agent.engine import Engine
 from milter_agent.errors import SpoolError
 from milter_agent.message import Message
 from milter_agent.pipeline import Decision, Verdict
 from milter_agent.spool import Spool
+from support.engine import make_engine as engine
 
 
 def test_a_filter_that_removes_its_output_files_just_wrote_nothing(tmp_path: Path) -> None:

@@ -10,13 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_engine import engine, message
+from test_engine import message
 
 from milter_agent.config.model import Settings
 from milter_agent.errors import SpoolError
 from milter_agent.message import Client, Message
 from milter_agent.spool import Spool
 from milter_agent.work import MessageWork
+from support.engine import make_engine as engine
 
 DUPS = [("X-Dup", " one"), ("Subject", " s"), ("X-Dup", " two"), ("X-Dup", " three")]
 BODY = b"body\r\n"
