@@ -15,6 +15,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -243,6 +244,17 @@ def write_results(out: Path, stamp: str, text: str, data: dict[str, Any]) -> lis
         (out / name).write_text(content)
         files.append(out / name)
     return files
+
+
+def outcome(failures: Sequence[str], runs: int, seconds: float) -> int:
+    """Say how the benchmark went; its exit status (1 if anything failed)."""
+    if failures:
+        print(f"bench: {len(failures)} failure(s):", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    print(f"bench: OK, {runs} runs in {seconds:.0f} s", file=sys.stderr)
+    return 0
 
 
 def update_docs(section: str, text: str) -> None:

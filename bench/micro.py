@@ -61,6 +61,7 @@ from common import (
     Spread,
     code_line,
     machine,
+    outcome,
     percentile,
     programs,
     source_fingerprint,
@@ -871,13 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.update_docs and not failures:
                 update_docs(DOC_SECTION, text)
                 print(f"updated {DOC}", file=sys.stderr)
-        if failures:
-            print(f"bench: {len(failures)} failure(s):", file=sys.stderr)
-            for f in failures:
-                print(f"  {f}", file=sys.stderr)
-            return 1
-        print(f"bench: OK, {len(runs)} runs in {params['wall_seconds']} s", file=sys.stderr)
-        return 0
+        return outcome(failures, len(runs), params["wall_seconds"])
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
 

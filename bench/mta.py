@@ -69,6 +69,7 @@ from common import (  # noqa: E402
     code_line,
     descendants,
     machine,
+    outcome,
     peak_rss_kib,
     percentile,
     programs,
@@ -914,13 +915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {path}", file=sys.stderr)
         if args.update_docs and not failures:
             update_docs(DOC_SECTION, text)
-    if failures:
-        print(f"bench: {len(failures)} failure(s):", file=sys.stderr)
-        for f in failures:
-            print(f"  {f}", file=sys.stderr)
-        return 1
-    print(f"bench: OK, {len(runs)} runs in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    return 0
+    return outcome(failures, len(runs), time.monotonic() - t0)
 
 
 def _one(
